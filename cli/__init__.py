@@ -1,0 +1,1 @@
+"""The ``tessera`` command line: one module per subcommand, wired in ``main``."""

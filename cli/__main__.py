@@ -1,0 +1,5 @@
+import sys
+
+from tessera.cli.main import main
+
+sys.exit(main())

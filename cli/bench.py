@@ -1,0 +1,39 @@
+"""``tessera bench NAME``: benchmarks that print JSON and compare against a baseline in the same run.
+
+Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> dict``;
+this command prints the dict as JSON (``-o json``, the default) or as an indented
+table-like JSON for people (``-o pretty``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+# name -> (module, one-line description). Each module: add_arguments(parser), run(args) -> dict.
+BENCHMARKS: dict[str, tuple[str, str]] = {}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="run a benchmark and print its figures as JSON",
+        description="Run a benchmark. Every benchmark measures against a named baseline in the same run "
+        "and prints one JSON object on stdout (progress goes to stderr).",
+    )
+    benches = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (module_name, summary) in BENCHMARKS.items():
+        sub = benches.add_parser(name, help=summary, description=summary)
+        sub.add_argument("-o", "--output", choices=["json", "pretty"], default="json", help="output format (default: json)")
+        sub.set_defaults(handler=_runner(module_name), bench_parser=sub)
+        importlib.import_module(module_name).add_arguments(sub)
+
+
+def _runner(module_name: str):
+    def handler(args: argparse.Namespace) -> int:
+        result = importlib.import_module(module_name).run(args)
+        print(json.dumps(result, indent=2 if args.output == "pretty" else None, sort_keys=False))
+        return 0
+
+    return handler

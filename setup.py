@@ -1,0 +1,22 @@
+"""Maps the repository's top-level folders into the one import package ``tessera``.
+
+The folder ``operator/`` must never be importable as a top-level ``operator`` (it
+would shadow the standard library's module), so every folder is installed under
+``tessera.<name>`` and nothing at the repository root is a package.
+"""
+
+from setuptools import find_packages, setup
+
+FOLDERS = ["api", "cli", "planner", "workers", "operator", "sim"]
+
+package_dir = {f"tessera.{folder}": folder for folder in FOLDERS}
+packages = []
+for folder in FOLDERS:
+    packages.append(f"tessera.{folder}")
+    packages += [f"tessera.{folder}.{sub}" for sub in find_packages(where=folder)]
+
+setup(
+    package_dir=package_dir,
+    packages=packages,
+    package_data={f"tessera.{folder}": ["**/*.yaml", "**/*.json", "**/*.sql", "**/*.txt"] for folder in FOLDERS},
+)
