@@ -1,0 +1,61 @@
+"""PowerBudget: a group of nodes sharing provisioned power, possibly oversubscribed (POLCA)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tessera.api.common import DNSSubdomain, ObjectMeta, WireModel
+
+
+class CappingPolicy(WireModel):
+    """POLCA-style two-threshold capping. Thresholds are % of provisioned watts; caps are % of TDP.
+
+    The paper does not publish its thresholds or cap levels: these defaults are ours.
+    """
+
+    threshold_t1_percent: float = Field(
+        default=85, gt=0, le=100, description="Above this draw, cap low-priority work to lowPriorityCapPercent."
+    )
+    threshold_t2_percent: float = Field(
+        default=95, gt=0, le=100, description="Above this draw, cap everyone to allCapPercent."
+    )
+    low_priority_cap_percent: float = Field(default=70, gt=0, le=100)
+    all_cap_percent: float = Field(default=60, gt=0, le=100)
+    uncap_margin_percent: float = Field(
+        default=5, ge=0, lt=100, description="Uncap once draw falls this far below T2."
+    )
+    low_priority_below: int = Field(
+        default=1, description="Workflows with spec.priority below this are capped first (at T1)."
+    )
+
+
+
+class PowerBudgetSpec(WireModel):
+    hardware_classes: list[DNSSubdomain] = Field(
+        default_factory=list, description="HardwareClasses whose devices draw from this budget (empty: all)."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Nodes covered, by label (empty: every node of those classes)."
+    )
+    provisioned_watts: float = Field(gt=0, description="Power provisioned for the group, in watts.")
+    oversubscription_percent: float = Field(
+        default=0, ge=0, le=100,
+        description="Expected draw may reach provisioned x (1 + this/100); capping keeps peaks within budget.",
+    )
+    capping: CappingPolicy = Field(default_factory=CappingPolicy)
+
+
+class PowerBudgetStatus(WireModel):
+    observed_generation: int | None = None
+    planned_watts: float = 0
+    peak_watts: float = 0
+
+
+class PowerBudget(WireModel):
+    api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
+    kind: Literal["PowerBudget"] = "PowerBudget"
+    metadata: ObjectMeta
+    spec: PowerBudgetSpec
+    status: PowerBudgetStatus | None = None

@@ -1,0 +1,132 @@
+"""AgentWorkflow: a DAG of agent/LLM stages with an end-to-end SLO."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field
+
+from tessera.api.common import Condition, DNSLabel, DNSSubdomain, ObjectMeta, WireModel
+from tessera.api.plan import Plan, PredictedFigures, StagePlan
+
+MAX_STAGES = 256
+
+
+class StageKind(str, Enum):
+    llm = "llm"
+    retrieval = "retrieval"
+    tool = "tool"
+    sql = "sql"
+    transform = "transform"
+
+
+class DraftMethod(str, Enum):
+    ngram = "ngram"  # prompt lookup
+    layer_skip = "layerSkip"  # the first k layers of the target
+    quantized = "quantized"  # the target quantized to int8
+    draft_head = "draftHead"  # a small head trained on the target's hidden states
+    draft_model = "draftModel"  # a separate small model
+
+
+class SpeculativeDecoding(WireModel):
+    enabled: bool = True
+    method: DraftMethod = DraftMethod.draft_head
+    draft_model: DNSSubdomain | None = Field(
+        default=None, description="ModelProfile of the draft (method draftModel)."
+    )
+    draft_length: int = Field(default=4, ge=1, le=16, description="Initial tokens drafted per step; adapts at run time.")
+    expected_acceptance_rate: float = Field(
+        default=0.7, gt=0, lt=1, description="Prior for the planner until measured acceptance is known."
+    )
+    draft_placement: Literal["auto", "colocated"] | DNSSubdomain = Field(
+        default="auto",
+        description="auto: the planner chooses the draft's class; colocated: with the target; or a HardwareClass.",
+    )
+
+
+class Stage(WireModel):
+    name: DNSLabel
+    kind: StageKind
+    model: DNSSubdomain | None = Field(default=None, description="ModelProfile name (required for llm stages).")
+    input_tokens: int | None = Field(default=None, gt=0, description="Mean prompt tokens per call (llm).")
+    output_tokens: int | None = Field(default=None, gt=0, description="Mean generated tokens per call (llm).")
+    gflops: float | None = Field(default=None, gt=0, description="Compute per call in GFLOP (non-llm stages).")
+    megabytes: float | None = Field(default=None, gt=0, description="Memory traffic per call in MB (non-llm stages).")
+    measured_latency_ms: float | None = Field(
+        default=None, gt=0, description="Measured latency of one call; used instead of the roofline estimate."
+    )
+    payload_k_b: float = Field(
+        default=4, ge=0, alias="payloadKB", description="Output passed to dependent stages, in KB."
+    )
+    depends_on: list[DNSLabel] = Field(default_factory=list)
+    fan_out: int = Field(default=1, ge=1, le=64, description="Parallel calls of this stage per request.")
+    iterations: int = Field(default=1, ge=1, le=64, description="Sequential calls of this stage per request (loops).")
+    retries: int = Field(default=0, ge=0, le=10)
+    timeout_seconds: float = Field(default=60, gt=0)
+    speculative_decoding: SpeculativeDecoding | None = None
+
+
+class SLO(WireModel):
+    latency_ms: float = Field(gt=0, description="End-to-end latency target.")
+    percentile: float = Field(default=99, gt=0, lt=100, description="Percentile the target applies to.")
+    deadline_ms: float | None = Field(default=None, gt=0, description="Hard per-request deadline (default: latencyMs).")
+    requests_per_second: float = Field(default=1, gt=0, description="Planned request rate.")
+
+
+class Objective(str, Enum):
+    tco = "tco"
+    latency = "latency"
+    power = "power"
+
+
+class Placement(WireModel):
+    allowed_classes: list[DNSSubdomain] = Field(
+        default_factory=list, description="HardwareClasses the planner may use (empty: all)."
+    )
+    pinned: dict[str, DNSSubdomain] = Field(
+        default_factory=dict, description="Stage name -> HardwareClass it must run on."
+    )
+    objective: Objective = Objective.tco
+
+
+class AgentWorkflowSpec(WireModel):
+    stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
+    slo: SLO
+    priority: int = Field(default=0, description="Higher is more urgent.")
+    placement: Placement = Field(default_factory=Placement)
+    suspend: bool = Field(default=False, description="Remove the running children; keep the status.")
+    dry_run: bool = Field(default=False, description="Plan only; create no children.")
+
+
+class Phase(str, Enum):
+    pending = "Pending"
+    invalid = "Invalid"
+    infeasible = "Infeasible"
+    planned = "Planned"
+    deploying = "Deploying"
+    running = "Running"
+    suspended = "Suspended"
+
+
+class AgentWorkflowStatus(WireModel):
+    observed_generation: int | None = None
+    phase: Phase = Phase.pending
+    conditions: list[Condition] = Field(default_factory=list)
+    plan: Plan | None = None
+    predicted: PredictedFigures | None = None
+    message: str | None = None
+
+
+class AgentWorkflow(WireModel):
+    api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
+    kind: Literal["AgentWorkflow"] = "AgentWorkflow"
+    metadata: ObjectMeta
+    spec: AgentWorkflowSpec
+    status: AgentWorkflowStatus | None = None
+
+
+__all__ = [
+    "AgentWorkflow", "AgentWorkflowSpec", "AgentWorkflowStatus", "DraftMethod", "Objective", "Phase",
+    "Placement", "Plan", "PredictedFigures", "SLO", "SpeculativeDecoding", "Stage", "StageKind", "StagePlan",
+]
