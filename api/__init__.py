@@ -8,7 +8,7 @@ from tessera.api.power import CappingPolicy, PowerBudget, PowerBudgetSpec
 from tessera.api.validation import FieldProblem, ResourceError, parse_resource, stage_graph
 from tessera.api.workflow import (
     SLO, AgentWorkflow, AgentWorkflowSpec, AgentWorkflowStatus, DraftMethod, Objective, Phase, Placement,
-    SpeculativeDecoding, Stage, StageKind,
+    ServeApplication, SpeculativeDecoding, Stage, StageKind,
 )
 
 __all__ = [
@@ -16,5 +16,5 @@ __all__ = [
     "AgentWorkflowStatus", "CappingPolicy", "Condition", "DeviceType", "DraftMethod", "Dtype", "FieldProblem",
     "HardwareClass", "HardwareClassSpec", "ModelProfile", "ModelProfileSpec", "ObjectMeta", "Objective", "Phase",
     "Placement", "Plan", "PowerBudget", "PowerBudgetSpec", "PredictedFigures", "ResourceError", "SLO",
-    "SpeculativeDecoding", "Stage", "StageKind", "StagePlan", "parse_resource", "set_condition", "stage_graph",
+    "ServeApplication", "SpeculativeDecoding", "Stage", "StageKind", "StagePlan", "parse_resource", "set_condition", "stage_graph",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -90,6 +90,17 @@ class Placement(WireModel):
     objective: Objective = Objective.tco
 
 
+class ServeApplication(WireModel):
+    """The Ray Serve application that runs the stages; the operator adds the plan to its args."""
+
+    import_path: str = Field(
+        default="tessera.workers.app:build_app", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:function building the Serve application (a Ray Serve application builder).",
+    )
+    image: str | None = Field(default=None, description="Container image of the Ray pods (default: the operator's).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Extra arguments for the application builder.")
+
+
 class AgentWorkflowSpec(WireModel):
     stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
     slo: SLO
@@ -97,6 +108,7 @@ class AgentWorkflowSpec(WireModel):
     placement: Placement = Field(default_factory=Placement)
     suspend: bool = Field(default=False, description="Remove the running children; keep the status.")
     dry_run: bool = Field(default=False, description="Plan only; create no children.")
+    serve: ServeApplication = Field(default_factory=ServeApplication)
 
 
 class Phase(str, Enum):
@@ -128,5 +140,5 @@ class AgentWorkflow(WireModel):
 
 __all__ = [
     "AgentWorkflow", "AgentWorkflowSpec", "AgentWorkflowStatus", "DraftMethod", "Objective", "Phase",
-    "Placement", "Plan", "PredictedFigures", "SLO", "SpeculativeDecoding", "Stage", "StageKind", "StagePlan",
+    "Placement", "Plan", "PredictedFigures", "SLO", "ServeApplication", "SpeculativeDecoding", "Stage", "StageKind", "StagePlan",
 ]
