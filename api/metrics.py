@@ -52,6 +52,10 @@ OPERATOR_SLO_TARGET_SECONDS = MetricSpec(
     "tessera_workflow_slo_target_seconds", "gauge", "End-to-end latency target of a workflow.",
     ("namespace", "workflow"),
 )
+OPERATOR_SLO_OBJECTIVE = MetricSpec(
+    "tessera_workflow_slo_objective", "gauge",
+    "Fraction of requests that must meet the latency target (the SLO percentile / 100).", ("namespace", "workflow"),
+)
 OPERATOR_PLAN_CHANGES = MetricSpec(
     "tessera_workflow_plan_changes", "counter", "Times a workflow's plan changed.", ("namespace", "workflow"),
 )
@@ -89,6 +93,14 @@ WORKER_QUEUE_DEPTH = MetricSpec(
 WORKER_QUEUE_WAIT_SECONDS = MetricSpec(
     "tessera_replica_queue_wait_seconds", "histogram", "Time a call waited in a replica's queue.",
     ("stage", "hardware_class"), LATENCY_BUCKETS_S,
+)
+WORKER_REPLICA_USD_PER_HOUR = MetricSpec(
+    "tessera_replica_usd_per_hour", "gauge", "Hourly price of the hardware a running replica occupies.",
+    ("workflow", "stage", "replica", "hardware_class"),
+)
+WORKER_REPLICA_WATTS = MetricSpec(
+    "tessera_replica_power_watts", "gauge", "Power a running replica draws (power model at its measured busy fraction).",
+    ("workflow", "stage", "replica", "hardware_class"),
 )
 WORKER_DEADLINE_MISSES = MetricSpec(
     "tessera_deadline_misses", "counter", "Requests that finished after their deadline.", ("workflow", "stage"),
