@@ -1,0 +1,1 @@
+"""LLM serving: the transformers engine, speculative decoding and the Ray Serve deployments."""
