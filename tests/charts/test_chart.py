@@ -1,0 +1,263 @@
+"""The chart with the real helm binary: lint, render with several value sets, validate against Kubernetes schemas."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from .chartlib import CHART, DASHBOARDS, REPO_ROOT, RULES_FILE, VALUE_SETS, run_tool, tool
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas we have.
+KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
+# Kinds from the Prometheus Operator's CRDs: Kubernetes has no schema for them; their content is checked below.
+PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+@functools.cache
+def render(values_file: str | None = None, *set_args: str) -> list[dict]:
+    argv = [tool("helm"), "template", "tessera", str(CHART), "--namespace", "tessera-system"]
+    if values_file:
+        argv += ["-f", values_file]
+    for item in set_args:
+        argv += ["--set", item]
+    return [doc for doc in yaml.safe_load_all(run_tool(*argv).stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def value_set_ids(path) -> str:
+    return path.stem
+
+
+@pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_ids)
+def test_helm_lint_is_clean(helm, values_file):
+    result = run_tool(helm, "lint", "--strict", str(CHART), "-f", str(values_file))
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_ids)
+def test_rendered_manifests_match_the_kubernetes_schemas(helm, values_file):
+    docs = render(str(values_file))
+    validated = set()
+    for doc in docs:
+        if doc["kind"] in PROMETHEUS_OPERATOR_KINDS:
+            continue
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes {version}: {error}")
+        validated.add(doc["kind"])
+    assert {"Deployment", "ClusterRole", "Service"} <= validated
+
+
+def test_every_value_set_is_exercised():
+    names = {path.stem for path in VALUE_SETS}
+    assert {"defaults", "monitoring", "namespaced"} <= names
+
+
+def test_crds_in_the_chart_are_the_repository_crds_byte_for_byte():
+    source = {path.name: path.read_bytes() for path in (REPO_ROOT / "crds").glob("*.yaml")}
+    chart_copy = {path.name: path.read_bytes() for path in (CHART / "files" / "crds").glob("*.yaml")}
+    assert source, "crds/ is empty: run `make crds`"
+    assert chart_copy == source, "charts/tessera/files/crds/ differs from crds/: run `make crds`"
+
+
+def test_crds_are_templated_and_kept_by_default(helm):
+    crds = by_kind(render(), "CustomResourceDefinition")
+    assert sorted(crd["metadata"]["name"] for crd in crds) == sorted(
+        yaml.safe_load(path.read_text())["metadata"]["name"] for path in (REPO_ROOT / "crds").glob("*.yaml")
+    )
+    for crd in crds:
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    source = yaml.safe_load((REPO_ROOT / "crds" / "agentworkflows.tessera.dev.yaml").read_text())
+    rendered = next(crd for crd in crds if crd["metadata"]["name"] == "agentworkflows.tessera.dev")
+    assert rendered["spec"] == source["spec"]
+
+
+def test_crds_values_switch_install_and_keep(helm):
+    assert not by_kind(render(None, "crds.install=false"), "CustomResourceDefinition")
+    for crd in by_kind(render(None, "crds.keep=false"), "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+
+
+def test_operator_pod_is_non_root_read_only_and_probed(helm):
+    (deployment,) = by_kind(render(), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
+    health_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
+    assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in container["args"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["command"] == ["kopf", "run", "-m", "tessera.operator.main"]
+    assert "--all-namespaces" in container["args"]
+
+
+def rbac_rules(docs: list[dict]) -> list[dict]:
+    return [rule for doc in docs if doc["kind"] in ("ClusterRole", "Role") for rule in doc["rules"]]
+
+
+@pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_ids)
+def test_rbac_has_no_wildcards_and_no_secrets(helm, values_file):
+    rules = rbac_rules(render(str(values_file)))
+    assert rules
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
+        assert "secrets" not in rule["resources"]
+
+
+def granted(docs: list[dict], kind: str) -> dict[tuple[str, str], set[str]]:
+    grants: dict[tuple[str, str], set[str]] = {}
+    for doc in by_kind(docs, kind):
+        for rule in doc["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    grants.setdefault((group, resource), set()).update(rule["verbs"])
+    return grants
+
+
+def test_rbac_grants_exactly_what_the_operator_uses(helm):
+    expected = {
+        ("tessera.dev", "agentworkflows"): {"get", "list", "watch", "patch"},
+        ("tessera.dev", "agentworkflows/status"): {"patch"},
+        ("tessera.dev", "hardwareclasses"): {"get", "list", "watch"},
+        ("tessera.dev", "powerbudgets"): {"get", "list", "watch"},
+        ("tessera.dev", "modelprofiles"): {"get", "list", "watch"},
+        ("tessera.dev", "hardwareclasses/status"): {"patch"},
+        ("tessera.dev", "powerbudgets/status"): {"patch"},
+        ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+        ("", "nodes"): {"list", "watch"},
+        ("", "events"): {"create"},
+        ("", "namespaces"): {"list", "watch"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    }
+    assert granted(render(), "ClusterRole") == expected
+
+
+def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_scope(helm):
+    docs = render(None, "operator.watchNamespaces={team-a,team-b}")
+    roles = by_kind(docs, "Role")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    cluster = granted(docs, "ClusterRole")
+    assert ("tessera.dev", "agentworkflows") not in cluster and ("ray.io", "rayservices") not in cluster
+    assert ("ray.io", "rayservices") in granted(docs, "Role")
+    (deployment,) = by_kind(docs, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+def test_monitoring_objects_are_behind_their_values(helm):
+    defaults = render()
+    assert not by_kind(defaults, "ServiceMonitor") and not by_kind(defaults, "PrometheusRule")
+    monitoring = render(str(CHART.parent.parent / "tests" / "charts" / "values" / "monitoring.yaml"))
+    (monitor,) = by_kind(monitoring, "ServiceMonitor")
+    (service,) = by_kind(monitoring, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The operator-down alert expects the job to be called tessera-operator.
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "tessera-operator"
+    assert 'job="tessera-operator"' in RULES_FILE.read_text()
+
+
+def test_prometheus_rule_carries_the_one_rules_file_unchanged(helm, promtool, tmp_path):
+    (rule,) = by_kind(render(None, "prometheusRule.enabled=true"), "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"]
+    extracted = tmp_path / "from-chart.yaml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    run_tool(promtool, "check", "rules", str(extracted))
+
+
+def test_dashboards_are_configmaps_for_the_grafana_sidecar(helm):
+    maps = by_kind(render(), "ConfigMap")
+    assert len(maps) == len(DASHBOARDS) >= 2
+    shipped = {path.name: json.loads(path.read_text()) for path in DASHBOARDS}
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((name, text),) = config_map["data"].items()
+        assert json.loads(text) == shipped[name]
+    namespaced = by_kind(render(None, "dashboards.namespace=monitoring"), "ConfigMap")
+    assert {m["metadata"]["namespace"] for m in namespaced} == {"monitoring"}
+
+
+def test_webhook_is_wired_to_the_operator_with_a_matching_certificate(helm):
+    docs = render(None, "webhook.enabled=true")
+    (config,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    (secret,) = by_kind(docs, "Secret")
+    (service,) = by_kind(docs, "Service")
+    (deployment,) = by_kind(docs, "Deployment")
+    (webhook,) = config["webhooks"]
+    assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert webhook["clientConfig"]["service"]["name"] == service["metadata"]["name"]
+    assert webhook["clientConfig"]["service"]["path"] == "/validate-agentworkflow"
+    port = next(p for p in service["spec"]["ports"] if p["name"] == "webhook")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    mounted = {v["name"] for v in container["volumeMounts"]}
+    assert any(v.get("secret", {}).get("secretName") == secret["metadata"]["name"] and v["name"] in mounted
+               for v in deployment["spec"]["template"]["spec"]["volumes"])
+    assert not by_kind(render(), "ValidatingWebhookConfiguration")
+
+
+def test_notes_name_the_release_and_the_rollout_command(helm):
+    # helm template leaves NOTES.txt out; a client-side dry-run install renders it.
+    result = run_tool(helm, "install", "tessera", str(CHART), "--namespace", "tessera-system", "--dry-run=client")
+    assert "kubectl -n tessera-system rollout status deployment/tessera" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("operator.logLevel=LOUD", "at '/operator/logLevel'"),
+        ("metrics.port=70000", "at '/metrics/port'"),
+        ("webhook.failurePolicy=Sometimes", "at '/webhook/failurePolicy'"),
+        ("crds.instal=true", "'instal' not allowed"),
+    ],
+)
+def test_the_schema_rejects_bad_values_naming_the_field(helm, setting, named):
+    result = run_tool(helm, "template", "tessera", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0
+    assert named in result.stderr, result.stderr
+
+
+def leaf_keys(values: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, dict) and value and path not in FREE_FORM_VALUES:
+            keys += leaf_keys(value, f"{path}.")
+    return keys
+
+
+# Values that pass through as Kubernetes fields: their inner keys are Kubernetes', not the chart's.
+FREE_FORM_VALUES = {"resources", "podSecurityContext", "securityContext", "workerPodMonitor.podSelector"}
+
+
+def test_every_value_is_documented_in_values_yaml_and_in_the_schema():
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = text.splitlines()
+    for key in leaf_keys(values):
+        node = schema
+        for part in key.split("."):
+            node = node["properties"][part]
+        assert node.get("description"), f"{key} has no description in values.schema.json"
+        name = key.split(".")[-1]
+        indent = "  " * key.count(".")
+        line = next(i for i, line in enumerate(lines) if line.startswith(f"{indent}{name}:"))
+        comment = lines[line - 1].strip() if line else ""
+        assert comment.startswith("#"), f"{key} has no comment above it in values.yaml"
