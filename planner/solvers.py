@@ -1,0 +1,431 @@
+"""Two solvers behind one interface: ``exact`` (MILP, HiGHS through scipy) and ``fast`` (greedy + repair + local search).
+
+Both pick one StageOption per stage. Constraints: the critical path at the SLO percentile within the
+SLO, devices per class within the free ones, and per power group the expected draw within
+provisioned x (1 + oversubscription) and the peak, capped to the all-cap level, within provisioned.
+``Relax`` drops constraints, which is how an infeasible answer finds the constraint that binds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tessera.api.workflow import Objective
+from tessera.planner.problem import Problem
+
+TIE_BREAK = 1e-6  # weight of the secondary objective (dollars under `latency`, latency under the others)
+
+
+@dataclass(frozen=True)
+class Relax:
+    slo: bool = False
+    devices: bool = False
+    power: bool = False
+
+
+@dataclass
+class Solution:
+    choice: list[int] | None  # option index per stage; None when no feasible choice was found
+    seconds: float
+
+
+def _limits(problem: Problem, relax: Relax) -> tuple[float, dict[str, float], list[tuple[float, float]]]:
+    slo = math.inf if relax.slo else problem.slo_s
+    capacity = {c: (math.inf if relax.devices else float(n)) for c, n in problem.capacity.items()}
+    groups = [(math.inf, math.inf) if relax.power else (g.expected_limit_watts, g.peak_limit_watts) for g in problem.groups]
+    return slo, capacity, groups
+
+
+def feasible(problem: Problem, choice: list[int], relax: Relax = Relax(), tolerance: float = 1e-9) -> bool:
+    slo, capacity, groups = _limits(problem, relax)
+    if problem.critical_path(choice)[0] > slo * (1 + tolerance):
+        return False
+    if any(n > capacity.get(c, 0) for c, n in problem.device_use(choice).items()):
+        return False
+    return all(e <= le * (1 + tolerance) and p <= lp * (1 + tolerance)
+               for (e, p), (le, lp) in zip(problem.group_watts(choice), groups))
+
+
+def objective_of(problem: Problem, choice: list[int]) -> float:
+    """The figure the objective minimizes: $/h, watts, or the end-to-end latency at the SLO percentile."""
+    if problem.objective is Objective.latency:
+        return problem.critical_path(choice)[0]
+    return sum(problem.objective_value(problem.options[s][o]) for s, o in enumerate(choice))
+
+
+# --- exact: a mixed-integer linear program ----------------------------------------------------------
+
+
+def solve_exact(problem: Problem, relax: Relax = Relax(), time_limit_s: float = 60.0) -> Solution:
+    """x[s,o] binary picks option o of stage s; t[s] is the finish time of s at the SLO percentile;
+    d[u,v,k] >= z[u,k] - z[v,k] is 1 when u runs on class k and v elsewhere (then u's output crosses
+    the network); T >= t[s] for all s. Minimizes $/h, watts, or T."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    start = time.perf_counter()
+    n_stages = len(problem.names)
+    if any(not opts for opts in problem.options):
+        return Solution(None, time.perf_counter() - start)
+    slo, capacity, group_limits = _limits(problem, relax)
+    x_index = []  # (stage, option) per column
+    first = []
+    for s, opts in enumerate(problem.options):
+        first.append(len(x_index))
+        x_index += [(s, o) for o in range(len(opts))]
+    n_x = len(x_index)
+    t_col = n_x  # t[s] at t_col + s
+    edges = [(u, v) for v in range(n_stages) for u in problem.preds[v]]
+    d_cols: list[tuple[int, int, str]] = []
+    for u, v in edges:
+        for k in sorted({o.hardware_class for o in problem.options[u]}):
+            d_cols.append((u, v, k))
+    d_col = t_col + n_stages
+    end_col = d_col + len(d_cols)
+    n_vars = end_col + 1
+
+    rows, cols, vals, lo, hi = [], [], [], [], []
+    row = 0
+
+    def add(entries: list[tuple[int, float]], lower: float, upper: float) -> None:
+        nonlocal row
+        for c, v in entries:
+            rows.append(row)
+            cols.append(c)
+            vals.append(v)
+        lo.append(lower)
+        hi.append(upper)
+        row += 1
+
+    for s, opts in enumerate(problem.options):  # one option per stage
+        add([(first[s] + o, 1.0) for o in range(len(opts))], 1, 1)
+    d_by_edge: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    for i, (u, v, k) in enumerate(d_cols):
+        d_by_edge.setdefault((u, v), []).append((d_col + i, k))
+        entries = [(d_col + i, 1.0)]
+        entries += [(first[u] + o, -1.0) for o, opt in enumerate(problem.options[u]) if opt.hardware_class == k]
+        entries += [(first[v] + o, 1.0) for o, opt in enumerate(problem.options[v]) if opt.hardware_class == k]
+        add(entries, 0, np.inf)
+    for v in range(n_stages):  # t[v] >= t[u] + transfer + L[v]
+        lat = [(first[v] + o, -opt.latency_slo_s) for o, opt in enumerate(problem.options[v])]
+        add([(t_col + v, 1.0)] + lat, 0, np.inf)
+        for u in problem.preds[v]:
+            transfer = [(c, -problem.transfer_s(u, k, "")) for c, k in d_by_edge[(u, v)]]
+            add([(t_col + v, 1.0), (t_col + u, -1.0)] + lat + transfer, 0, np.inf)
+        add([(end_col, 1.0), (t_col + v, -1.0)], 0, np.inf)
+    for cls, limit in capacity.items():
+        entries = [(i, float(problem.options[s][o].devices[cls])) for i, (s, o) in enumerate(x_index)
+                   if cls in problem.options[s][o].devices]
+        if entries and math.isfinite(limit):
+            add(entries, -np.inf, limit)
+    for group, (expected_limit, peak_limit) in zip(problem.groups, group_limits):
+        if not math.isfinite(expected_limit):
+            continue
+        expected, peak = [], []
+        for i, (s, o) in enumerate(x_index):
+            opt = problem.options[s][o]
+            e = sum(w for c, w in opt.watts_by_class.items() if c in group.classes)
+            p = sum(w for c, w in opt.peak_watts_by_class.items() if c in group.classes) * group.cap_fraction
+            if e:
+                expected.append((i, e))
+            if p:
+                peak.append((i, p))
+        if expected:
+            add(expected, -np.inf, expected_limit)
+        if peak:
+            add(peak, -np.inf, peak_limit)
+
+    c = np.zeros(n_vars)
+    separable = np.array([problem.objective_value(problem.options[s][o]) for s, o in x_index])
+    if problem.objective is Objective.latency:
+        c[end_col] = 1.0
+        c[:n_x] = TIE_BREAK * separable / max(1.0, separable.max(initial=1.0))
+    else:
+        c[:n_x] = separable
+        c[end_col] = TIE_BREAK * max(1.0, separable.max(initial=1.0))
+    integrality = np.zeros(n_vars)
+    integrality[:n_x] = 1
+    lower = np.zeros(n_vars)
+    upper = np.full(n_vars, np.inf)
+    upper[:n_x] = 1
+    upper[d_col:end_col] = 1
+    upper[end_col] = slo
+    matrix = coo_matrix((vals, (rows, cols)), shape=(row, n_vars)).tocsr()
+    result = milp(c, constraints=LinearConstraint(matrix, lo, hi), integrality=integrality,
+                  bounds=Bounds(lower, upper), options={"time_limit": time_limit_s, "mip_rel_gap": 1e-7})
+    if result.x is None:
+        return Solution(None, time.perf_counter() - start)
+    choice = [0] * n_stages
+    for i, (s, o) in enumerate(x_index):
+        if result.x[i] > 0.5:
+            choice[s] = o
+    return Solution(choice, time.perf_counter() - start)
+
+
+# --- fast: greedy, critical-path repair, local search -----------------------------------------------
+
+
+class _Search:
+    """Incremental state: device and watt totals, and head/tail path lengths for O(degree) latency checks."""
+
+    def __init__(self, problem: Problem, relax: Relax):
+        self.p = problem
+        self.slo, self.capacity, self.group_limits = _limits(problem, relax)
+        self.n = len(problem.names)
+        self.group_of: list[dict[str, float]] = [
+            {c: g.cap_fraction for c in g.classes} for g in problem.groups
+        ]
+
+    # resources
+    def usage(self, choice: list[int]) -> tuple[dict[str, float], list[list[float]]]:
+        dev: dict[str, float] = {}
+        watts = [[0.0, 0.0] for _ in self.p.groups]
+        for s, o in enumerate(choice):
+            self._add(dev, watts, self.p.options[s][o], 1)
+        return dev, watts
+
+    def _add(self, dev, watts, opt, sign) -> None:
+        for c, n in opt.devices.items():
+            dev[c] = dev.get(c, 0) + sign * n
+        for g, member in enumerate(self.group_of):
+            watts[g][0] += sign * sum(w for c, w in opt.watts_by_class.items() if c in member)
+            watts[g][1] += sign * sum(w * member[c] for c, w in opt.peak_watts_by_class.items() if c in member)
+
+    def violation(self, dev, watts) -> float:
+        """Total relative excess over every resource limit (0 when all hold)."""
+        excess = 0.0
+        for c, n in dev.items():
+            limit = self.capacity.get(c, 0)
+            if n > limit:
+                excess += (n - limit) / max(1.0, limit if math.isfinite(limit) else 1.0)
+        for (e, p), (le, lp) in zip(watts, self.group_limits):
+            if e > le:
+                excess += (e - le) / max(1.0, le)
+            if p > lp:
+                excess += (p - lp) / max(1.0, lp)
+        return excess
+
+    def move_fits(self, dev, watts, old, new) -> bool:
+        for c, n in new.devices.items():
+            if dev.get(c, 0) - old.devices.get(c, 0) + n > self.capacity.get(c, 0):
+                return False
+        for g, member in enumerate(self.group_of):
+            le, lp = self.group_limits[g]
+            de = sum(w for c, w in new.watts_by_class.items() if c in member) - sum(
+                w for c, w in old.watts_by_class.items() if c in member)
+            dp = sum(w * member[c] for c, w in new.peak_watts_by_class.items() if c in member) - sum(
+                w * member[c] for c, w in old.peak_watts_by_class.items() if c in member)
+            if (de > 0 and watts[g][0] + de > le * (1 + 1e-9)) or (dp > 0 and watts[g][1] + dp > lp * (1 + 1e-9)):
+                return False
+        return True
+
+    # latency
+    def paths(self, choice: list[int]) -> tuple[list[float], list[float]]:
+        """head[s]: longest path finishing s; tail[s]: longest path after s finishes (transfers included)."""
+        p = self.p
+        head = [0.0] * self.n
+        for s in range(self.n):
+            cls = p.options[s][choice[s]].hardware_class
+            start = max((head[u] + p.transfer_s(u, p.options[u][choice[u]].hardware_class, cls) for u in p.preds[s]),
+                        default=0.0)
+            head[s] = start + p.options[s][choice[s]].latency_slo_s
+        tail = [0.0] * self.n
+        for s in reversed(range(self.n)):
+            cls = p.options[s][choice[s]].hardware_class
+            tail[s] = max((p.transfer_s(s, cls, p.options[v][choice[v]].hardware_class)
+                           + p.options[v][choice[v]].latency_slo_s + tail[v] for v in p.succs[s]), default=0.0)
+        return head, tail
+
+    def through(self, choice, head, tail, s, opt) -> float:
+        """Longest path through stage s if s took ``opt`` (others unchanged)."""
+        p = self.p
+        cls = opt.hardware_class
+        start = max((head[u] + p.transfer_s(u, p.options[u][choice[u]].hardware_class, cls) for u in p.preds[s]),
+                    default=0.0)
+        after = max((p.transfer_s(s, cls, p.options[v][choice[v]].hardware_class) + p.options[v][choice[v]].latency_slo_s
+                     + tail[v] for v in p.succs[s]), default=0.0)
+        return start + opt.latency_slo_s + after
+
+
+def _secondary(problem: Problem, opt) -> float:
+    return opt.usd_per_hour if problem.objective is Objective.latency else problem.objective_value(opt)
+
+
+def solve_fast(problem: Problem, relax: Relax = Relax(), time_budget_s: float = 0.8) -> Solution:
+    start = time.perf_counter()
+    if any(not opts for opts in problem.options):
+        return Solution(None, time.perf_counter() - start)
+    search = _Search(problem, relax)
+    deadline = start + time_budget_s
+    best: list[int] | None = None
+    for first_pick in ("cheapest", "fastest"):
+        choice = _initial(problem, first_pick)
+        choice = _repair(problem, search, choice)
+        if choice is None:
+            continue
+        choice = _improve(problem, search, choice, deadline)
+        if best is None or _better(problem, choice, best):
+            best = choice
+    return Solution(best, time.perf_counter() - start)
+
+
+def _better(problem: Problem, a: list[int], b: list[int]) -> bool:
+    return objective_of(problem, a) < objective_of(problem, b) - 1e-12
+
+
+def _initial(problem: Problem, pick: str) -> list[int]:
+    if pick == "fastest":
+        return [min(range(len(opts)), key=lambda o: (opts[o].latency_slo_s, _secondary(problem, opts[o])))
+                for opts in problem.options]
+    return [min(range(len(opts)), key=lambda o: (_secondary(problem, opts[o]), opts[o].latency_slo_s))
+            for opts in problem.options]
+
+
+def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] | None:
+    """Make resources fit (least excess per extra cost), then pull the critical path under the SLO."""
+    dev, watts = search.usage(choice)
+    excess = search.violation(dev, watts)
+    while excess > 0:
+        best_move, best_score = None, 0.0
+        for s in range(search.n):
+            old = problem.options[s][choice[s]]
+            for o, new in enumerate(problem.options[s]):
+                if o == choice[s]:
+                    continue
+                search._add(dev, watts, old, -1)
+                search._add(dev, watts, new, 1)
+                reduced = excess - search.violation(dev, watts)
+                search._add(dev, watts, new, -1)
+                search._add(dev, watts, old, 1)
+                if reduced <= 1e-12:
+                    continue
+                score = reduced / (max(0.0, _secondary(problem, new) - _secondary(problem, old)) + 1e-3)
+                if score > best_score:
+                    best_move, best_score = (s, o), score
+        if best_move is None:
+            return None
+        s, o = best_move
+        search._add(dev, watts, problem.options[s][choice[s]], -1)
+        search._add(dev, watts, problem.options[s][o], 1)
+        choice[s] = o
+        excess = search.violation(dev, watts)
+
+    length, path = problem.critical_path(choice)
+    while length > search.slo:
+        head, tail = search.paths(choice)
+        best_move, best_score = None, 0.0
+        for s in path:
+            old = problem.options[s][choice[s]]
+            now = search.through(choice, head, tail, s, old)
+            for o, new in enumerate(problem.options[s]):
+                if o == choice[s] or not search.move_fits(dev, watts, old, new):
+                    continue
+                gain = now - search.through(choice, head, tail, s, new)
+                if gain <= 1e-12:
+                    continue
+                score = min(gain, length - search.slo) / (max(0.0, _secondary(problem, new) - _secondary(problem, old)) + 1e-6)
+                if score > best_score:
+                    best_move, best_score = (s, o), score
+        if best_move is None:
+            return None
+        s, o = best_move
+        search._add(dev, watts, problem.options[s][choice[s]], -1)
+        search._add(dev, watts, problem.options[s][o], 1)
+        choice[s] = o
+        length, path = problem.critical_path(choice)
+    return choice
+
+
+def _improve(problem: Problem, search: _Search, choice: list[int], deadline: float) -> list[int]:
+    """Local search: single-stage moves that lower the objective and keep every constraint, then
+    upgrade-one/downgrade-others moves on the critical path, until nothing improves or time is up."""
+    if problem.objective is Objective.latency:
+        return _improve_latency(problem, search, choice, deadline)
+    while time.perf_counter() < deadline:
+        changed = _descend(problem, search, choice)
+        if not _trade(problem, search, choice, deadline) and not changed:
+            break
+    return choice
+
+
+def _descend(problem: Problem, search: _Search, choice: list[int]) -> bool:
+    dev, watts = search.usage(choice)
+    head, tail = search.paths(choice)
+    changed = False
+    order = sorted(range(search.n), key=lambda s: -_secondary(problem, problem.options[s][choice[s]]))
+    for s in order:
+        old = problem.options[s][choice[s]]
+        best_o, best_value = None, _secondary(problem, old)
+        for o, new in enumerate(problem.options[s]):
+            value = _secondary(problem, new)
+            if value >= best_value - 1e-12 or not search.move_fits(dev, watts, old, new):
+                continue
+            if search.through(choice, head, tail, s, new) <= search.slo * (1 + 1e-9):
+                best_o, best_value = o, value
+        if best_o is not None:
+            search._add(dev, watts, old, -1)
+            search._add(dev, watts, problem.options[s][best_o], 1)
+            choice[s] = best_o
+            head, tail = search.paths(choice)
+            changed = True
+    return changed
+
+
+def _trade(problem: Problem, search: _Search, choice: list[int], deadline: float) -> bool:
+    """Speed up one stage on the critical path if the slack it frees lets others get cheaper by more."""
+    current = objective_of(problem, choice)
+    dev, watts = search.usage(choice)
+    _, path = problem.critical_path(choice)
+    for s in path:
+        old = problem.options[s][choice[s]]
+        for o, new in enumerate(problem.options[s]):
+            if time.perf_counter() > deadline:
+                return False
+            if new.latency_slo_s >= old.latency_slo_s or not search.move_fits(dev, watts, old, new):
+                continue
+            trial = list(choice)
+            trial[s] = o
+            if problem.critical_path(trial)[0] > search.slo * (1 + 1e-9):
+                continue
+            _descend(problem, search, trial)
+            if objective_of(problem, trial) < current - 1e-9:
+                choice[:] = trial
+                return True
+    return False
+
+
+def _improve_latency(problem: Problem, search: _Search, choice: list[int], deadline: float) -> list[int]:
+    dev, watts = search.usage(choice)
+    while time.perf_counter() < deadline:
+        length, path = problem.critical_path(choice)
+        head, tail = search.paths(choice)
+        best_move, best_gain = None, 1e-12
+        for s in path:
+            old = problem.options[s][choice[s]]
+            now = search.through(choice, head, tail, s, old)
+            for o, new in enumerate(problem.options[s]):
+                if o != choice[s] and search.move_fits(dev, watts, old, new):
+                    gain = now - search.through(choice, head, tail, s, new)
+                    if gain > best_gain:
+                        best_move, best_gain = (s, o), gain
+        if best_move is None:
+            break
+        trial = list(choice)
+        trial[best_move[0]] = best_move[1]
+        if problem.critical_path(trial)[0] >= length - 1e-12:
+            break  # another path of equal length: a single move cannot shorten the whole
+        s, o = best_move
+        search._add(dev, watts, problem.options[s][choice[s]], -1)
+        search._add(dev, watts, problem.options[s][o], 1)
+        choice[s] = o
+    # then the cheapest options that keep the latency reached
+    search.slo = problem.critical_path(choice)[0]
+    _descend(problem, search, choice)
+    return choice
+
+
+SOLVERS = {"exact": solve_exact, "fast": solve_fast}
