@@ -29,13 +29,27 @@ def llm_engine():
     return LLMEngine.load_default()
 
 
+def example_class_names() -> list[str]:
+    import yaml
+
+    docs = yaml.safe_load_all((EXAMPLES / "inventory" / "hardware-classes.yaml").read_text())
+    return [doc["metadata"]["name"] for doc in docs if doc]
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray started once per session and shut down at its end."""
+    """A local Ray started once per session and shut down at its end.
+
+    Every example hardware class is a custom resource of the local node, so Serve applications
+    written by the operator (whose actors ask for ``tessera.dev/<class>``) can be placed here.
+    """
     import ray
 
+    from tessera.workers.local import local_class_resources
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=2, resources=local_class_resources(example_class_names()), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     yield ray
     try:
         from ray import serve
