@@ -1,0 +1,305 @@
+"""Scenarios (``sim/scenarios/*.json``) and the experiments run on them: per-policy figures,
+goodput search, alpha tuning, power oversubscription and TCO."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tessera.sim.core import PowerPolicy, SimResult, Simulator
+from tessera.sim.fleet import REFERENCE_CLASS, engine_classes
+from tessera.sim.workload import TEXT2SQL_STEPS, Arrivals, Request, Step, Tenant, critical_path_s, generate
+from tessera.workers.scheduling import make_policy
+
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+TARGET_ATTAINMENT = 0.9  # goodput: the highest rate at which this share of requests meets the SLO
+ALPHA_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+SEARCH_STEPS = 7  # bisection steps of the goodput search
+
+
+def scenario_names() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.json"))
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    model: str
+    fleet: list[str]
+    weights: dict[str, float]
+    alpha: float
+    slo_scale: float
+    nominal_rate_rps: float
+    requests: int
+    arrivals: str
+    token_budget: int
+    tenants: tuple[Tenant, ...]
+    rate_grid: list[float]
+    policies: list[str]
+    fleet_size: int | None = None
+    slo_scales: list[float] = field(default_factory=list)
+    power: dict | None = None
+    growth_percents: list[float] = field(default_factory=list)
+    configurations: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, name: str) -> "Scenario":
+        path = SCENARIO_DIR / f"{name}.json"
+        if not path.is_file():
+            raise KeyError(f"scenario: unknown {name!r}, choose one of {', '.join(scenario_names())}")
+        body = json.loads(path.read_text())
+        return cls(
+            name=body["name"], description=body["description"], model=body["model"], fleet=body["fleet"],
+            weights=body.get("weights", {}), alpha=body["alpha"], slo_scale=body["sloScale"],
+            nominal_rate_rps=body["nominalRateRps"], requests=body["requests"], arrivals=body["arrivals"],
+            token_budget=body["tokenBudget"], tenants=tuple(Tenant(**t) for t in body["tenants"]),
+            rate_grid=body["rateGrid"], policies=body["policies"], fleet_size=body.get("fleetSize"),
+            slo_scales=body.get("sloScales", []), power=body.get("power"),
+            growth_percents=body.get("growthPercents", []), configurations=body.get("configurations", {}),
+        )
+
+    def sized_fleet(self, size: int | None = None, pattern: list[str] | None = None) -> list[str]:
+        """``size`` engines cycling through ``pattern`` (default: the scenario's fleet and size)."""
+        pattern = pattern or self.fleet
+        size = size or self.fleet_size or len(pattern)
+        return [pattern[i % len(pattern)] for i in range(size)]
+
+
+class Runner:
+    """Runs one scenario's simulations: same seed, same requests at every rate (common random numbers)."""
+
+    def __init__(self, scenario: Scenario, seed: int = 0, requests: int | None = None, inventory: Path | None = None,
+                 steps: tuple[Step, ...] = TEXT2SQL_STEPS, trace: list[Request] | None = None):
+        self.scenario = scenario
+        self.seed = seed
+        self.count = requests or scenario.requests
+        self.steps = steps
+        self.trace = trace
+        names = set(scenario.fleet) | {c for pattern in scenario.configurations.values() for c in pattern}
+        self.classes = engine_classes(sorted(names), scenario.model, inventory)
+        self.reference = self.classes[REFERENCE_CLASS]
+        self.mean_workflow_s = critical_path_s(steps)
+        self.runs = 0
+
+    def requests(self, rate: float, slo_scale: float | None = None) -> list[Request]:
+        if self.trace is not None:
+            return self.trace
+        slo_s = (slo_scale or self.scenario.slo_scale) * self.mean_workflow_s
+        arrivals = Arrivals(rate, self.scenario.arrivals)
+        return generate(self.count, arrivals, slo_s, self.seed, self.steps, self.scenario.tenants)
+
+    def simulate(self, policy: str, rate: float, fleet: list[str] | None = None, slo_scale: float | None = None,
+                 power: PowerPolicy | None = None, stop_below: float | None = None, alpha: float | None = None) -> SimResult:
+        dispatcher, queues = make_policy(policy, alpha=self.scenario.alpha if alpha is None else alpha)
+        sim = Simulator(
+            self.classes, self.reference, fleet or self.scenario.sized_fleet(), self.steps, dispatcher, queues,
+            weights=self.scenario.weights, token_budget=self.scenario.token_budget, power=power,
+            stop_below_attainment=stop_below,
+        )
+        self.runs += 1
+        return sim.run(self.requests(rate, slo_scale))
+
+    def goodput(self, policy: str, fleet: list[str] | None = None, power: PowerPolicy | None = None,
+                power_for_rate: Callable[[float], PowerPolicy | None] | None = None) -> float:
+        """Highest arrival rate (requests/s) with SLO attainment >= 90 %, by bisection over the rate grid's span."""
+        def ok(rate: float) -> bool:
+            p = power_for_rate(rate) if power_for_rate else power
+            return self.simulate(policy, rate, fleet, power=p, stop_below=TARGET_ATTAINMENT).met.mean() >= TARGET_ATTAINMENT
+
+        low, high = min(self.scenario.rate_grid), max(self.scenario.rate_grid)
+        if not ok(low):
+            return 0.0
+        while ok(high):
+            low, high = high, high * 2
+        for _ in range(SEARCH_STEPS):
+            mid = (low + high) / 2
+            low, high = (mid, high) if ok(mid) else (low, mid)
+        return low
+
+
+def figures(result: SimResult, policy: str, goodput: float | None, requests: int) -> dict:
+    """The per-policy JSON of the issue (latencies at the rate simulated)."""
+    finite = result.latencies_s[np.isfinite(result.latencies_s)]
+    pct = (lambda q: round(float(np.percentile(result.latencies_s, q)), 2)) if len(finite) == len(result.latencies_s) \
+        else (lambda q: round(float(np.percentile(result.latencies_s, q)), 2) if np.percentile(result.latencies_s, q) < math.inf else None)
+    return {
+        "policy": policy,
+        "sloAttainment": round(float(result.met.mean()), 4),
+        "throughputRps": None if goodput is None else round(goodput, 5),
+        "latencyP50S": pct(50),
+        "latencyP95S": pct(95),
+        "deadlineMisses": int((~result.met).sum()),
+        "energyKWh": round(result.energy_j / 3.6e6, 3),
+        "usdPer1kRequests": round(result.usd / requests * 1000, 3),
+    }
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", leave=False)
+
+
+def run_hexgen(runner: Runner, policies: list[str], curves: bool = False) -> dict:
+    """Per-policy figures at the nominal rate, goodput, the comparison with rr-fcfs, and (``curves``)
+    SLO attainment vs rate and P95 latency vs SLO scale."""
+    sc = runner.scenario
+    results = []
+    curve_rates, curve_scales = {}, {}
+    with _progress(len(policies), f"{sc.name}: policies") as bar:
+        for policy in policies:
+            nominal = runner.simulate(policy, sc.nominal_rate_rps)
+            results.append(figures(nominal, policy, runner.goodput(policy), runner.count))
+            if curves:
+                curve_rates[policy] = [float(runner.simulate(policy, r).met.mean()) for r in sc.rate_grid]
+                curve_scales[policy] = [
+                    float(np.percentile(runner.simulate(policy, sc.nominal_rate_rps, slo_scale=s).latencies_s, 95))
+                    for s in sc.slo_scales
+                ]
+            bar.update()
+    out = _header(runner) | {"results": results, "comparison": compare(results)}
+    if curves:
+        out["curves"] = {"rateGrid": sc.rate_grid, "sloAttainmentByRate": curve_rates,
+                         "sloScales": sc.slo_scales, "latencyP95ByScale": curve_scales}
+    return out
+
+
+def compare(results: list[dict], baseline: str = "rr-fcfs") -> dict:
+    """Each policy's goodput and P95 latency against the baseline's, measured in the same run."""
+    by = {r["policy"]: r for r in results}
+    if baseline not in by:
+        return {}
+    base = by[baseline]
+    out = {"baseline": baseline}
+    for name, r in by.items():
+        if name == baseline:
+            continue
+        out[name] = {
+            "throughputRatio": _ratio(r["throughputRps"], base["throughputRps"]),
+            "latencyP95Ratio": _ratio(base["latencyP95S"], r["latencyP95S"]),  # > 1: lower than the baseline
+        }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _header(runner: Runner) -> dict:
+    sc = runner.scenario
+    return {
+        "scenario": sc.name, "seed": runner.seed, "requests": runner.count,
+        "nominalRateRps": sc.nominal_rate_rps, "sloS": round(sc.slo_scale * runner.mean_workflow_s, 2),
+        "alpha": sc.alpha,
+    }
+
+
+def tune_alpha(runner: Runner, policy: str = "wb-urgency", alphas: Iterable[float] = ALPHA_GRID) -> dict:
+    """HEXGEN's grid search: the alpha with the best mean SLO attainment over the scenario's rate grid."""
+    sc = runner.scenario
+    alphas = list(alphas)
+    scores = []
+    with _progress(len(alphas), f"{sc.name}: alpha") as bar:
+        for a in alphas:
+            scores.append(float(np.mean([runner.simulate(policy, r, alpha=a).met.mean() for r in sc.rate_grid])))
+            bar.update()
+    best = alphas[int(np.argmax(scores))]
+    return {"scenario": sc.name, "policy": policy, "alphas": alphas, "meanSloAttainment": [round(s, 4) for s in scores],
+            "bestAlpha": best}
+
+
+def power_policy(scenario: Scenario, fleet_watts: float, capping: bool) -> PowerPolicy:
+    spec = scenario.power or {}
+    watts = spec.get("provisionedWatts", "nameplate")
+    return PowerPolicy(provisioned_watts=fleet_watts if watts == "nameplate" else float(watts), capping=capping,
+                       delay_s=spec.get("delayS", 1.0))
+
+
+def run_polca(runner: Runner, policy: str) -> dict:
+    """Grow the fleet (and its load) by each growth percent under the base fleet's power budget,
+    with and without capping; report the largest fleet that stays within the budget."""
+    sc = runner.scenario
+    base = sc.sized_fleet()
+    budget = sum(runner.classes[c].spec.tdp_watts for c in base)
+    tolerance = (sc.power or {}).get("overBudgetTolerance", 0.001)
+    rows = []
+    with _progress(len(sc.growth_percents), f"{sc.name}: growth") as bar:
+        for pct in sc.growth_percents:
+            size = round(len(base) * (1 + pct / 100))
+            fleet = sc.sized_fleet(size)
+            rate = sc.nominal_rate_rps * size / len(base)
+            row = {"extraServersPct": pct, "engines": size, "rateRps": round(rate, 4)}
+            for capping in (False, True):
+                r = runner.simulate(policy, rate, fleet, power=power_policy(sc, budget, capping))
+                key = "capped" if capping else "uncapped"
+                row[key] = {
+                    "sloAttainment": round(float(r.met.mean()), 4),
+                    "sloAttainmentHighPriority": round(float(r.met[r.priorities > 0].mean()), 4),
+                    "overBudgetFraction": round(r.over_budget_s / r.makespan_s, 5),
+                    "peakWatts": round(r.peak_watts), "capEvents": r.cap_events,
+                    "withinBudget": r.over_budget_s / r.makespan_s <= tolerance, "result": r,
+                }
+            row["sloAttainmentLossPct"] = round(100 * (row["uncapped"]["sloAttainment"] - row["capped"]["sloAttainment"]), 2)
+            rows.append(row)
+            bar.update()
+    out = _header(runner) | {"budgetWatts": budget, "overBudgetTolerance": tolerance, "results": []}
+    for capping in (True, False):
+        key = "capped" if capping else "uncapped"
+        fits = [row for row in rows if row[key]["withinBudget"]]
+        if not fits:
+            out["results"].append({"policy": policy, "capping": capping, "extraServersPct": None})
+            continue
+        best = max(fits, key=lambda row: row["extraServersPct"])
+        size = best["engines"]
+        fleet = sc.sized_fleet(size)
+        goodput = runner.goodput(policy, fleet, power_for_rate=lambda rate: power_policy(sc, budget, capping))
+        fig = figures(best[key]["result"], policy, goodput, runner.count)
+        out["results"].append(fig | {
+            "capping": capping, "extraServersPct": best["extraServersPct"],
+            "sloAttainmentLossPct": best["sloAttainmentLossPct"] if capping else 0.0,
+            "capEvents": best[key]["capEvents"], "peakWatts": best[key]["peakWatts"],
+        })
+    for row in rows:
+        for key in ("capped", "uncapped"):
+            row[key].pop("result")
+    out["growth"] = rows
+    return out
+
+
+def run_tco(runner: Runner, policy: str) -> dict:
+    """For each configuration, the fewest engines (cycling its pattern) that meet the SLO for >= 90 %
+    of requests at the nominal rate, and what that fleet costs per 1,000 requests."""
+    sc = runner.scenario
+    rate = sc.nominal_rate_rps
+    results = []
+    with _progress(len(sc.configurations), f"{sc.name}: configurations") as bar:
+        for label, pattern in sc.configurations.items():
+            def meets(size: int) -> SimResult | None:
+                r = runner.simulate(policy, rate, sc.sized_fleet(size, pattern), stop_below=TARGET_ATTAINMENT)
+                return r if r.met.mean() >= TARGET_ATTAINMENT else None
+
+            low, high = 0, len(pattern)
+            while meets(high) is None:
+                low, high = high, high * 2
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (low, mid) if meets(mid) is not None else (mid, high)
+            fleet = sc.sized_fleet(high, pattern)
+            nominal = runner.simulate(policy, rate, fleet)
+            fig = figures(nominal, policy, runner.goodput(policy, fleet), runner.count)
+            devices: dict[str, int] = {}
+            for c in fleet:
+                devices[c] = devices.get(c, 0) + 1
+            results.append({"configuration": label, "devices": devices,
+                            "usdPerHour": round(sum(runner.classes[c].usd_per_hour for c in fleet), 2)} | fig)
+            bar.update()
+    newest = results[0]
+    for r in results:
+        r["usdPer1kRequestsVsNewest"] = round(r["usdPer1kRequests"] / newest["usdPer1kRequests"], 3)
+    return _header(runner) | {"newest": newest["configuration"], "results": results}
