@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 
 import pytest
@@ -11,7 +10,7 @@ import yaml
 
 from tessera.api import metrics as catalogue
 
-from .chartlib import DASHBOARDS, REPO_ROOT, RULES_FILE
+from .chartlib import REPO_ROOT, dashboard_queries, rule_queries, rules
 from .promql import metric_names
 
 # Series Prometheus makes itself rather than scraping them.
@@ -21,27 +20,6 @@ SPEC_CONSTANTS = {name: value for name, value in vars(catalogue).items() if isin
 EXPOSED = {exposed: spec for spec in catalogue.ALL_METRICS for exposed in catalogue.exposed_names(spec)}
 # The parts of the code that serve /metrics: the operator and the workers.
 EXPORTING_PACKAGES = ("operator", "workers")
-
-
-def rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(RULES_FILE.read_text())["groups"] for rule in group["rules"]]
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(where, query) for every panel target and every templating query of the shipped dashboards."""
-    queries = []
-    for path in DASHBOARDS:
-        board = json.loads(path.read_text())
-        for panel in board["panels"]:
-            queries += [(f"{path.name}: {panel['title']}", target["expr"]) for target in panel["targets"]]
-        for variable in board["templating"]["list"]:
-            if variable["type"] == "query":
-                queries.append((f"{path.name}: ${variable['name']}", variable["query"]["query"]))
-    return queries
-
-
-def rule_queries() -> list[tuple[str, str]]:
-    return [(rule.get("alert") or rule["record"], rule["expr"]) for rule in rules()]
 
 
 RECORDED = {rule["record"] for rule in rules() if "record" in rule}
