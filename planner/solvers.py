@@ -61,9 +61,8 @@ def objective_of(problem: Problem, choice: list[int]) -> float:
 
 
 def solve_exact(problem: Problem, relax: Relax = Relax(), time_limit_s: float = 60.0) -> Solution:
-    """x[s,o] binary picks option o of stage s; t[s] is the finish time of s at the SLO percentile;
-    d[u,v,k] >= z[u,k] - z[v,k] is 1 when u runs on class k and v elsewhere (then u's output crosses
-    the network); T >= t[s] for all s. Minimizes $/h, watts, or T."""
+    """x[s,o] binary picks option o of stage s; t[s] is the finish time of s at the SLO percentile,
+    T >= t[s] for all s, T <= SLO; z[s,k] (a sum of x) says s runs on class k. Minimizes $/h, watts, or T."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
@@ -79,13 +78,7 @@ def solve_exact(problem: Problem, relax: Relax = Relax(), time_limit_s: float = 
         x_index += [(s, o) for o in range(len(opts))]
     n_x = len(x_index)
     t_col = n_x  # t[s] at t_col + s
-    edges = [(u, v) for v in range(n_stages) for u in problem.preds[v]]
-    d_cols: list[tuple[int, int, str]] = []
-    for u, v in edges:
-        for k in sorted({o.hardware_class for o in problem.options[u]}):
-            d_cols.append((u, v, k))
-    d_col = t_col + n_stages
-    end_col = d_col + len(d_cols)
+    end_col = t_col + n_stages
     n_vars = end_col + 1
 
     rows, cols, vals, lo, hi = [], [], [], [], []
@@ -101,21 +94,26 @@ def solve_exact(problem: Problem, relax: Relax = Relax(), time_limit_s: float = 
         hi.append(upper)
         row += 1
 
+    def on_class(s: int, classes: set[str]) -> list[int]:
+        return [first[s] + o for o, opt in enumerate(problem.options[s]) if opt.hardware_class in classes]
+
     for s, opts in enumerate(problem.options):  # one option per stage
         add([(first[s] + o, 1.0) for o in range(len(opts))], 1, 1)
-    d_by_edge: dict[tuple[int, int], list[tuple[int, str]]] = {}
-    for i, (u, v, k) in enumerate(d_cols):
-        d_by_edge.setdefault((u, v), []).append((d_col + i, k))
-        entries = [(d_col + i, 1.0)]
-        entries += [(first[u] + o, -1.0) for o, opt in enumerate(problem.options[u]) if opt.hardware_class == k]
-        entries += [(first[v] + o, 1.0) for o, opt in enumerate(problem.options[v]) if opt.hardware_class == k]
-        add(entries, 0, np.inf)
-    for v in range(n_stages):  # t[v] >= t[u] + transfer + L[v]
+    for v in range(n_stages):
         lat = [(first[v] + o, -opt.latency_slo_s) for o, opt in enumerate(problem.options[v])]
-        add([(t_col + v, 1.0)] + lat, 0, np.inf)
+        add([(t_col + v, 1.0)] + lat, 0, np.inf)  # t[v] >= L[v]
         for u in problem.preds[v]:
-            transfer = [(c, -problem.transfer_s(u, k, "")) for c, k in d_by_edge[(u, v)]]
-            add([(t_col + v, 1.0), (t_col + u, -1.0)] + lat + transfer, 0, np.inf)
+            add([(t_col + v, 1.0), (t_col + u, -1.0)] + lat, 0, np.inf)  # t[v] >= t[u] + L[v]
+            # and + transfer(k, k') when u runs on k and v on k' != k: the term tau (z[u,k] + z[v,R] - 1)
+            # is tau when both hold and <= 0 otherwise; receivers R with the same tau share one row
+            receivers = {o.hardware_class for o in problem.options[v]}
+            for k in sorted({o.hardware_class for o in problem.options[u]}):
+                by_tau: dict[float, set[str]] = {}
+                for k2 in receivers - {k}:
+                    by_tau.setdefault(problem.transfer_s(u, k, k2), set()).add(k2)
+                for tau, group in by_tau.items():
+                    add([(t_col + v, 1.0), (t_col + u, -1.0)] + lat + [(c, -tau) for c in on_class(u, {k})]
+                        + [(c, -tau) for c in on_class(v, group)], -tau, np.inf)
         add([(end_col, 1.0), (t_col + v, -1.0)], 0, np.inf)
     for cls, limit in capacity.items():
         entries = [(i, float(problem.options[s][o].devices[cls])) for i, (s, o) in enumerate(x_index)
@@ -152,7 +150,6 @@ def solve_exact(problem: Problem, relax: Relax = Relax(), time_limit_s: float = 
     lower = np.zeros(n_vars)
     upper = np.full(n_vars, np.inf)
     upper[:n_x] = 1
-    upper[d_col:end_col] = 1
     upper[end_col] = slo
     matrix = coo_matrix((vals, (rows, cols)), shape=(row, n_vars)).tocsr()
     result = milp(c, constraints=LinearConstraint(matrix, lo, hi), integrality=integrality,
@@ -255,7 +252,7 @@ def _secondary(problem: Problem, opt) -> float:
     return opt.usd_per_hour if problem.objective is Objective.latency else problem.objective_value(opt)
 
 
-def solve_fast(problem: Problem, relax: Relax = Relax(), time_budget_s: float = 0.8) -> Solution:
+def solve_fast(problem: Problem, relax: Relax = Relax(), time_budget_s: float = 0.5) -> Solution:
     start = time.perf_counter()
     if any(not opts for opts in problem.options):
         return Solution(None, time.perf_counter() - start)
@@ -352,12 +349,15 @@ def _improve(problem: Problem, search: _Search, choice: list[int], deadline: flo
     return choice
 
 
-def _descend(problem: Problem, search: _Search, choice: list[int]) -> bool:
+def _descend(problem: Problem, search: _Search, choice: list[int], frozen: int | None = None) -> bool:
+    """Move each stage (most expensive first, ``frozen`` excepted) to its cheapest option that keeps every constraint."""
     dev, watts = search.usage(choice)
     head, tail = search.paths(choice)
     changed = False
     order = sorted(range(search.n), key=lambda s: -_secondary(problem, problem.options[s][choice[s]]))
     for s in order:
+        if s == frozen:
+            continue
         old = problem.options[s][choice[s]]
         best_o, best_value = None, _secondary(problem, old)
         for o, new in enumerate(problem.options[s]):
@@ -391,7 +391,7 @@ def _trade(problem: Problem, search: _Search, choice: list[int], deadline: float
             trial[s] = o
             if problem.critical_path(trial)[0] > search.slo * (1 + 1e-9):
                 continue
-            _descend(problem, search, trial)
+            _descend(problem, search, trial, frozen=s)
             if objective_of(problem, trial) < current - 1e-9:
                 choice[:] = trial
                 return True
