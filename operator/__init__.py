@@ -1,0 +1,1 @@
+"""Tessera's Kubernetes operator (kopf): AgentWorkflows in, plans and RayService children out."""

@@ -1,0 +1,194 @@
+"""Pure builders of what the operator writes: the RayService child, its Serve config, labels, status.
+
+Every function returns plain dicts (the wire format) and touches no API; ``tessera.operator.kube``
+sends them. A KubeRay ``RayService`` (``ray.io/v1``) per AgentWorkflow holds a head group and one
+worker group per hardware class in the plan; each worker pod advertises the Ray custom resource
+``tessera.dev/<class>`` (one unit per device), and each stage's replicas ask for it, so Ray places a
+stage only on pods of the class the planner chose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import yaml
+
+from tessera.api import API_VERSION, AgentWorkflow, HardwareClass, Plan, StagePlan
+from tessera.operator.settings import OperatorSettings
+
+RAYSERVICE_API_VERSION = "ray.io/v1"
+WORKFLOW_LABEL = "tessera.dev/workflow"
+RAY_RESOURCE_PREFIX = "tessera.dev/"
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")  # the device plugins whose devices Ray counts as GPUs
+MAX_CHILD_NAME = 50  # KubeRay derives longer names (<name>-raycluster-xxxxx, <name>-head-svc) from it
+
+
+def child_name(workflow_name: str) -> str:
+    """The RayService's name: the workflow's, shortened with a hash suffix where KubeRay needs it shorter."""
+    if len(workflow_name) <= MAX_CHILD_NAME:
+        return workflow_name
+    digest = hashlib.sha256(workflow_name.encode()).hexdigest()[:8]
+    return f"{workflow_name[:MAX_CHILD_NAME - 9].rstrip('-.')}-{digest}"
+
+
+def build_labels(workflow: AgentWorkflow) -> dict[str, str]:
+    name = workflow.metadata.name
+    return {
+        "app.kubernetes.io/name": "tessera-workflow",
+        "app.kubernetes.io/instance": name[:63].rstrip("-."),
+        "app.kubernetes.io/component": "ray-serve",
+        "app.kubernetes.io/part-of": "tessera",
+        "app.kubernetes.io/managed-by": "tessera-operator",
+        WORKFLOW_LABEL: name[:63].rstrip("-."),
+    }
+
+
+def build_owner_reference(workflow: AgentWorkflow) -> dict[str, Any]:
+    """Makes the RayService a dependent of the workflow, so that deleting the workflow deletes it."""
+    return {
+        "apiVersion": API_VERSION, "kind": "AgentWorkflow", "name": workflow.metadata.name,
+        "uid": workflow.metadata.uid, "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def ray_resource(hardware_class: str) -> str:
+    return RAY_RESOURCE_PREFIX + hardware_class
+
+
+def devices_by_class(plan: Plan) -> dict[str, int]:
+    """Devices a plan holds per class: replicas x tensor-parallel degree, plus one per replica for a draft
+    placed on another class (the planner's own accounting)."""
+    held: dict[str, int] = {}
+    for stage in plan.stages.values():
+        held[stage.hardware_class] = held.get(stage.hardware_class, 0) + stage.replicas * stage.tensor_parallel
+        if stage.draft_hardware_class and stage.draft_hardware_class != stage.hardware_class:
+            held[stage.draft_hardware_class] = held.get(stage.draft_hardware_class, 0) + stage.replicas
+    return held
+
+
+def build_actor_options(stage: StagePlan, hardware: HardwareClass) -> dict[str, Any]:
+    """ray_actor_options of one replica: its devices as GPUs (where Ray counts them) and as the class's resource."""
+    gpus = stage.tensor_parallel if hardware.spec.resource_name in GPU_RESOURCES else 0
+    return {"num_cpus": 1, "num_gpus": gpus, "resources": {ray_resource(stage.hardware_class): stage.tensor_parallel}}
+
+
+def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass]) -> dict[str, Any]:
+    """The Serve application: the workers' builder with the plan in its args.
+
+    Replicas and actor options travel in ``args.stages`` rather than in a ``deployments`` override,
+    because the deployments' names belong to the application builder.
+    """
+    spec = workflow.spec
+    stages = {
+        name: {
+            "hardwareClass": stage.hardware_class,
+            "replicas": stage.replicas,
+            "rayActorOptions": build_actor_options(stage, classes[stage.hardware_class]),
+        }
+        for name, stage in plan.stages.items()
+    }
+    args = {
+        **spec.serve.args,
+        "workflow": workflow.metadata.name,
+        "namespace": workflow.metadata.namespace,
+        "stages": stages,
+        "slo": spec.slo.to_wire(),
+        "priority": spec.priority,
+    }
+    return {"applications": [{
+        "name": workflow.metadata.name,
+        "route_prefix": f"/{workflow.metadata.name}",
+        "import_path": spec.serve.import_path,
+        "args": args,
+    }]}
+
+
+def build_head_group(image: str, labels: dict[str, str], settings: OperatorSettings) -> dict[str, Any]:
+    resources = {"cpu": settings.head_cpu, "memory": settings.head_memory}
+    return {
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},  # no stage replicas on the head
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{
+                "name": "ray-head",
+                "image": image,
+                "resources": {"requests": resources, "limits": resources},
+                "ports": [
+                    {"containerPort": 6379, "name": "gcs-server"},
+                    {"containerPort": 8265, "name": "dashboard"},
+                    {"containerPort": 10001, "name": "client"},
+                    {"containerPort": 8000, "name": "serve"},
+                ],
+            }]},
+        },
+    }
+
+
+def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Pods of one class: as many devices per pod as a node has (at most), enough pods for ``devices``."""
+    spec = hardware.spec
+    name = hardware.metadata.name
+    per_pod = max(1, min(devices, spec.devices_per_node))
+    pods = math.ceil(devices / per_pod)
+    requests: dict[str, Any] = {
+        "cpu": _quantity(spec.pod_resources.cpu * per_pod),
+        "memory": f"{_quantity(spec.pod_resources.memory_gi_b * per_pod)}Gi",
+    }
+    if spec.resource_name:
+        requests[spec.resource_name] = str(per_pod)
+    # KubeRay's format for custom resources: a quoted JSON object inside the string.
+    custom = json.dumps({ray_resource(name): per_pod})
+    pod_spec: dict[str, Any] = {
+        "containers": [{
+            "name": "ray-worker",
+            "image": image,
+            "resources": {"requests": requests, "limits": dict(requests)},
+        }],
+        "nodeSelector": hardware.selector(),
+    }
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    return {
+        "groupName": name,
+        "replicas": pods,
+        "minReplicas": pods,
+        "maxReplicas": pods,
+        "rayStartParams": {"resources": '"' + custom.replace('"', '\\"') + '"'},
+        "template": {"metadata": {"labels": {**labels, "tessera.dev/hardware-class": name}}, "spec": pod_spec},
+    }
+
+
+def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass],
+                     settings: OperatorSettings) -> dict[str, Any]:
+    """The RayService running ``workflow`` as ``plan`` places it."""
+    labels = build_labels(workflow)
+    image = workflow.spec.serve.image or settings.worker_image
+    devices = devices_by_class(plan)
+    return {
+        "apiVersion": RAYSERVICE_API_VERSION,
+        "kind": "RayService",
+        "metadata": {
+            "name": child_name(workflow.metadata.name),
+            "namespace": workflow.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [build_owner_reference(workflow)],
+        },
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(build_serve_config(workflow, plan, classes), sort_keys=False),
+            "rayClusterConfig": {
+                "rayVersion": settings.ray_version,
+                "headGroupSpec": build_head_group(image, labels, settings),
+                "workerGroupSpecs": [
+                    build_worker_group(classes[name], count, image, labels) for name, count in sorted(devices.items())
+                ],
+            },
+        },
+    }
+
+
+def _quantity(value: float) -> str:
+    """A Kubernetes quantity without a trailing '.0'."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -1,0 +1,163 @@
+"""The one module that calls the Kubernetes API (besides kopf itself, which watches and patches).
+
+RBAC the operator needs (the Helm chart's ClusterRole must grant exactly these):
+
+  tessera.dev    agentworkflows                 get, list, watch, patch
+  tessera.dev    agentworkflows/status          get, patch
+  tessera.dev    hardwareclasses, powerbudgets,
+                 modelprofiles                  get, list, watch
+  ray.io         rayservices                    get, list, watch, create, patch, delete
+  ""             nodes                          get, list, watch
+  ""             namespaces                     get, list, watch     (kopf: namespace discovery)
+  ""             events                         create, patch        (core/v1 Events)
+  events.k8s.io  events                         create, patch        (kopf posts through either)
+  apiextensions.k8s.io customresourcedefinitions get, list, watch    (kopf: resource discovery)
+  kopf.dev       clusterkopfpeerings            get, list, watch, patch   (peering between replicas;
+  kopf.dev       kopfpeerings                   get, list, watch, patch    the namespaced one with --namespace)
+  admissionregistration.k8s.io validatingwebhookconfigurations
+                                                get, list, watch, create, patch
+                                                (only when TESSERA_WEBHOOK_MANAGED is set)
+
+Calls are synchronous (the ``kubernetes`` client); the handlers run them in a thread with
+``asyncio.to_thread``. API failures become kopf's retry policy: ``kopf.TemporaryError`` for what may
+pass (conflicts, server errors, a missing KubeRay CRD), ``kopf.PermanentError`` for what will not.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import kopf
+
+from tessera.operator.settings import OperatorSettings
+
+RAYSERVICES = ("ray.io", "v1", "rayservices")
+AGENTWORKFLOWS = ("tessera.dev", "v1alpha1", "agentworkflows")
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+RETRY_SECONDS = 5
+MISSING_CRD_RETRY_SECONDS = 60
+
+
+def configuration(settings: OperatorSettings) -> Any:
+    """Client configuration: the kubeconfig named in the settings, the local one (--dev), or in-cluster."""
+    import kubernetes
+
+    config = kubernetes.client.Configuration()
+    if settings.kubeconfig or settings.dev:
+        kubernetes.config.load_kube_config(config_file=settings.kubeconfig, client_configuration=config)
+    else:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    return config
+
+
+def connection_info(config: Any) -> kopf.ConnectionInfo:
+    """The same credentials for kopf's own watching and patching."""
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=config.host, ca_path=config.ssl_ca_cert, insecure=not config.verify_ssl,
+        username=config.username or None, password=config.password or None, scheme=scheme, token=token,
+        certificate_path=config.cert_file, private_key_path=config.key_file,
+    )
+
+
+class KubeAPI:
+    """The few calls the operator makes, on one client per operator run."""
+
+    def __init__(self, config: Any):
+        import kubernetes
+
+        self._client = kubernetes.client.ApiClient(config)
+        self._custom = kubernetes.client.CustomObjectsApi(self._client)
+        self._core = kubernetes.client.CoreV1Api(self._client)
+        self._api_exception = kubernetes.client.ApiException
+
+    def close(self) -> None:
+        self._client.close()
+
+    def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._call(f"reading RayService {namespace}/{name}", self._custom.get_namespaced_custom_object,
+                          *RAYSERVICES[:2], namespace, RAYSERVICES[2], name, missing_ok=True)
+
+    def apply_rayservice(self, desired: Mapping[str, Any], actual: Mapping[str, Any] | None) -> str:
+        """Create the RayService, or replace the parts the operator owns; returns what it did."""
+        meta = desired["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if actual is None:
+            self._call(f"creating RayService {ns}/{name}", self._custom.create_namespaced_custom_object,
+                       *RAYSERVICES[:2], ns, RAYSERVICES[2], dict(desired))
+            return "created"
+        actual_meta = actual.get("metadata") or {}
+        if (actual.get("spec") == desired["spec"]
+                and _subset(meta["labels"], actual_meta.get("labels") or {})
+                and actual_meta.get("ownerReferences") == meta["ownerReferences"]):
+            return "unchanged"
+        # A JSON patch replacing the whole spec: a merge patch would keep keys the desired spec no longer has.
+        ops = [
+            {"op": "replace" if "spec" in actual else "add", "path": "/spec", "value": desired["spec"]},
+            {"op": "add" if "labels" not in actual_meta else "replace", "path": "/metadata/labels",
+             "value": {**(actual_meta.get("labels") or {}), **meta["labels"]}},
+            {"op": "add" if "ownerReferences" not in actual_meta else "replace",
+             "path": "/metadata/ownerReferences", "value": meta["ownerReferences"]},
+        ]
+        self._call(f"updating RayService {ns}/{name}", self._custom.patch_namespaced_custom_object,
+                   *RAYSERVICES[:2], ns, RAYSERVICES[2], name, ops, _content_type=JSON_PATCH)
+        return "updated"
+
+    def delete_rayservice(self, namespace: str, name: str) -> bool:
+        deleted = self._call(f"deleting RayService {namespace}/{name}", self._custom.delete_namespaced_custom_object,
+                             *RAYSERVICES[:2], namespace, RAYSERVICES[2], name, missing_ok=True)
+        return deleted is not None
+
+    def get_workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._call(f"reading AgentWorkflow {namespace}/{name}", self._custom.get_namespaced_custom_object,
+                          *AGENTWORKFLOWS[:2], namespace, AGENTWORKFLOWS[2], name, missing_ok=True)
+
+    def patch_workflow_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self._call(f"writing the status of AgentWorkflow {namespace}/{name}",
+                   self._custom.patch_namespaced_custom_object_status,
+                   *AGENTWORKFLOWS[:2], namespace, AGENTWORKFLOWS[2], name, {"status": dict(patch)},
+                   _content_type=MERGE_PATCH, missing_ok=True)
+
+    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``involved`` (an object's apiVersion, kind and metadata)."""
+        meta = involved.get("metadata") or {}
+        now = datetime.now(timezone.utc)
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
+            "source": {"component": "tessera-operator"}, "reportingComponent": "tessera-operator",
+        }
+        self._call(f"posting an Event about {meta.get('name')}", self._core.create_namespaced_event,
+                   meta.get("namespace") or "default", event)
+
+    def _call(self, what: str, fn, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._api_exception as err:
+            if err.status == 404 and missing_ok:
+                return None
+            raise api_error(what, err.status, err.reason, err.body) from None
+        except OSError as err:  # connection refused, timeouts: the API server may be restarting
+            raise kopf.TemporaryError(f"{what}: {err}", delay=RETRY_SECONDS) from None
+
+
+def api_error(what: str, status: int | None, reason: str | None, body: Any) -> Exception:
+    """The retry policy for an API failure."""
+    detail = f"{what}: HTTP {status} {reason or ''}".strip()
+    if status == 404:  # the collection itself is missing: KubeRay is not installed (yet)
+        return kopf.TemporaryError(f"{detail} (is KubeRay's RayService CRD installed?)", delay=MISSING_CRD_RETRY_SECONDS)
+    if status in (409, 429) or status is None or status >= 500:
+        return kopf.TemporaryError(detail, delay=1 if status == 409 else RETRY_SECONDS)
+    return kopf.PermanentError(f"{detail}: {str(body)[:300]}")
+
+
+def _subset(small: Mapping[str, Any], big: Mapping[str, Any]) -> bool:
+    return all(big.get(k) == v for k, v in small.items())
