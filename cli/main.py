@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "validate",
     "crds",
     "plan",
+    "simulate",
     "bench",
 ]
 

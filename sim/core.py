@@ -141,6 +141,8 @@ class Engine:
         self.prefill_left = job.prefill_s
         self.kv_used += job.tokens
         self.high_running += job.high_priority
+        if job.request.first_start_s is None:
+            job.request.first_start_s = now
 
     def step(self, now: float, sequence: itertools.count) -> list[Job]:
         """Finish what is due at ``now``; returns the calls that completed."""
@@ -163,6 +165,7 @@ class RequestState:
     request: Request
     group: int = 0
     pending: int = 0
+    first_start_s: float | None = None  # when its first call began its prefill
     finish_s: float | None = None
 
 
@@ -194,6 +197,7 @@ def step_costs(steps: tuple[Step, ...], classes: dict[str, EngineClass], referen
 @dataclass
 class SimResult:
     latencies_s: np.ndarray  # per request; inf where unfinished
+    first_waits_s: np.ndarray  # per request, arrival to its first call's prefill; inf where never started
     met: np.ndarray  # bool per request
     priorities: np.ndarray
     makespan_s: float
@@ -307,6 +311,10 @@ class Simulator:
                     c: n_in * cost.prefill_per_token[c] + cost.mean_output_tokens * cost.decode_per_token[c]
                     for c in cost.prefill_per_token if self.classes[c].fits(tokens)
                 }
+                if not est:
+                    largest = max(self.classes[c].kv_tokens for c in cost.prefill_per_token)
+                    raise ValueError(f"request {req.id}: a {name} call needs {tokens} KV tokens, the largest engine "
+                                     f"holds {largest}")
                 call = StageCall(req.id, name, req.priority, req.arrival_s, req.deadline_s, now, est, after, cost.mean_s)
                 engine = by_id[self.dispatcher.choose(call, views)]
                 cls = engine.cls.name
@@ -386,7 +394,9 @@ class Simulator:
         for e in engines:
             busy.setdefault(e.cls.name, []).append(e.busy_s / makespan if makespan else 0.0)
         return SimResult(
-            latencies_s=latencies, met=met, priorities=np.array([s.request.priority for s in states]),
+            latencies_s=latencies, met=met,
+            first_waits_s=np.array([(s.first_start_s - s.request.arrival_s) if s.first_start_s is not None else np.inf
+                                    for s in states]), priorities=np.array([s.request.priority for s in states]),
             makespan_s=makespan, energy_j=energy_j, usd=usd,
             busy_fraction={k: float(np.mean(v)) for k, v in busy.items()}, peak_watts=peak_watts,
             over_budget_s=over_budget_s, cap_events=cap_events, stopped_early=stopped, events=processed,

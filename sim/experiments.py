@@ -78,7 +78,7 @@ class Runner:
                  steps: tuple[Step, ...] = TEXT2SQL_STEPS, trace: list[Request] | None = None):
         self.scenario = scenario
         self.seed = seed
-        self.count = requests or scenario.requests
+        self.count = len(trace) if trace is not None else requests or scenario.requests
         self.steps = steps
         self.trace = trace
         names = set(scenario.fleet) | {c for pattern in scenario.configurations.values() for c in pattern}
@@ -303,3 +303,10 @@ def run_tco(runner: Runner, policy: str) -> dict:
     for r in results:
         r["usdPer1kRequestsVsNewest"] = round(r["usdPer1kRequests"] / newest["usdPer1kRequests"], 3)
     return _header(runner) | {"newest": newest["configuration"], "results": results}
+
+
+def replay(runner: Runner, policies: list[str]) -> dict:
+    """Each policy on the runner's trace as it is (its own arrivals and deadlines; no goodput search)."""
+    results = [figures(runner.simulate(p, runner.scenario.nominal_rate_rps), p, None, len(runner.trace))
+               for p in policies]
+    return _header(runner) | {"trace": True, "results": results, "comparison": compare(results)}

@@ -158,18 +158,28 @@ def load_trace(path: Path) -> tuple[list[Request], tuple[Step, ...]]:
         body = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"trace: cannot read {path}: {err}") from None
-    if body.get("version") != TRACE_VERSION:
+    if not isinstance(body, dict) or body.get("version") != TRACE_VERSION:
+        body = body if isinstance(body, dict) else {}
         raise ValueError(f"trace.version: expected {TRACE_VERSION}, got {body.get('version')!r}")
-    steps = tuple(Step(**s) for s in body["steps"])
-    known = {s.name for s in steps}
-    requests = []
-    for i, r in enumerate(body["requests"]):
-        groups = []
-        for g in r["groups"]:
-            if g["step"] not in known:
-                raise ValueError(f"trace.requests[{i}].groups: unknown step {g['step']!r}")
-            groups.append((g["step"], bool(g["parallel"]), [(int(a), int(b)) for a, b in g["calls"]]))
-        if r["deadlineS"] < r["arrivalS"]:
-            raise ValueError(f"trace.requests[{i}].deadlineS: before its arrivalS")
-        requests.append(Request(r["id"], r["tenant"], int(r["priority"]), float(r["arrivalS"]), float(r["deadlineS"]), groups))
+    try:
+        steps = tuple(Step(**s) for s in body["steps"])
+        known = {s.name for s in steps}
+        requests = [_request(i, r, known) for i, r in enumerate(body["requests"])]
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith("trace."):
+            raise
+        raise ValueError(f"trace: malformed ({type(err).__name__}: {err})") from None
     return requests, steps
+
+
+def _request(i: int, r: dict, known: set[str]) -> Request:
+    groups = []
+    for g in r["groups"]:
+        if g["step"] not in known:
+            raise ValueError(f"trace.requests[{i}].groups: unknown step {g['step']!r}")
+        groups.append((g["step"], bool(g["parallel"]), [(int(a), int(b)) for a, b in g["calls"]]))
+    if not groups:
+        raise ValueError(f"trace.requests[{i}].groups: a request needs at least one call")
+    if r["deadlineS"] < r["arrivalS"]:
+        raise ValueError(f"trace.requests[{i}].deadlineS: before its arrivalS")
+    return Request(r["id"], r["tenant"], int(r["priority"]), float(r["arrivalS"]), float(r["deadlineS"]), groups)
