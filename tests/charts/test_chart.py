@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import kubernetes_validate
 import pytest
@@ -13,8 +17,9 @@ from .chartlib import CHART, DASHBOARDS, REPO_ROOT, RULES_FILE, VALUE_SETS, run_
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas we have.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
-# Kinds from the Prometheus Operator's CRDs: Kubernetes has no schema for them; their content is checked below.
-PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# Kinds from other projects' CRDs (the Prometheus Operator's, kopf's peering): Kubernetes has no schema for them;
+# their content is checked below.
+FOREIGN_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering"}
 
 
 @functools.cache
@@ -46,7 +51,7 @@ def test_rendered_manifests_match_the_kubernetes_schemas(helm, values_file):
     docs = render(str(values_file))
     validated = set()
     for doc in docs:
-        if doc["kind"] in PROMETHEUS_OPERATOR_KINDS:
+        if doc["kind"] in FOREIGN_KINDS:
             continue
         for version in KUBERNETES_VERSIONS:
             try:
@@ -59,7 +64,7 @@ def test_rendered_manifests_match_the_kubernetes_schemas(helm, values_file):
 
 def test_every_value_set_is_exercised():
     names = {path.stem for path in VALUE_SETS}
-    assert {"defaults", "monitoring", "namespaced"} <= names
+    assert {"defaults", "monitoring", "namespaced", "ha-namespaced"} <= names
 
 
 def test_crds_in_the_chart_are_the_repository_crds_byte_for_byte():
@@ -128,22 +133,85 @@ def granted(docs: list[dict], kind: str) -> dict[tuple[str, str], set[str]]:
     return grants
 
 
-def test_rbac_grants_exactly_what_the_operator_uses(helm):
-    expected = {
-        ("tessera.dev", "agentworkflows"): {"get", "list", "watch", "patch"},
-        ("tessera.dev", "agentworkflows/status"): {"patch"},
-        ("tessera.dev", "hardwareclasses"): {"get", "list", "watch"},
-        ("tessera.dev", "powerbudgets"): {"get", "list", "watch"},
-        ("tessera.dev", "modelprofiles"): {"get", "list", "watch"},
-        ("tessera.dev", "hardwareclasses/status"): {"patch"},
-        ("tessera.dev", "powerbudgets/status"): {"patch"},
-        ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-        ("", "nodes"): {"list", "watch"},
-        ("", "events"): {"create"},
-        ("", "namespaces"): {"list", "watch"},
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    }
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+
+
+def operator_rbac_table() -> dict[tuple[str, str], set[str]]:
+    """The permissions tessera.operator.kube's docstring says the operator needs (its entries that are
+    always needed; conditional ones say "only when")."""
+    from tessera.operator import kube
+
+    text = kube.__doc__.split("RBAC the operator needs", 1)[1].split("\n\n", 2)[1]
+    entries: list[tuple[str, list[str], set[str], str]] = []
+    for line in text.splitlines():
+        tokens = line.replace(",", " ").split()
+        if tokens and ("." in tokens[0] or tokens[0] == '""'):
+            entries.append((tokens.pop(0).strip('"'), [], set(), ""))
+        group, resources, verbs, _ = entries[-1]
+        for token in tokens:
+            if token.startswith("("):
+                break
+            if token in VERBS:
+                verbs.add(token)
+            elif verbs:  # text after the verbs is a comment
+                break
+            else:
+                resources.append(token)
+        entries[-1] = (group, resources, verbs, entries[-1][3] + line)
+    table: dict[tuple[str, str], set[str]] = {}
+    for group, resources, verbs, lines in entries:
+        if "only when" in lines or "peering" in lines:
+            continue
+        for resource in resources:
+            table[(group, resource)] = verbs
+    return table
+
+
+def test_rbac_grants_exactly_what_the_operator_says_it_uses(helm):
+    expected = operator_rbac_table()
+    assert ("ray.io", "rayservices") in expected and ("tessera.dev", "agentworkflows/status") in expected
     assert granted(render(), "ClusterRole") == expected
+
+
+@pytest.mark.parametrize(("settings", "kind", "resource"), [
+    (("operator.replicas=2",), "ClusterRole", "clusterkopfpeerings"),
+    (("operator.replicas=2", "operator.watchNamespaces={team-a}"), "Role", "kopfpeerings"),
+])
+def test_several_replicas_peer_through_kopf(helm, settings, kind, resource):
+    docs = render(None, *settings)
+    assert granted(docs, kind)[("kopf.dev", resource)] == {"get", "list", "watch", "patch"}
+    assert [crd["metadata"]["name"] for crd in by_kind(docs, "CustomResourceDefinition")
+            if crd["spec"]["group"] == "kopf.dev"] == [f"{resource}.kopf.dev"]
+    (deployment,) = by_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    peering = [doc for doc in docs if doc["apiVersion"] == "kopf.dev/v1"]
+    assert peering and {doc["metadata"]["name"] for doc in peering} == {env["TESSERA_PEERING_NAME"]}
+    assert "TESSERA_STANDALONE" not in env and deployment["spec"]["replicas"] == 2
+
+
+def operator_env(docs: list[dict]) -> dict[str, str]:
+    (deployment,) = by_kind(docs, "Deployment")
+    return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("values_file", VALUE_SETS, ids=value_set_ids)
+def test_the_operator_understands_every_setting_the_chart_passes(helm, values_file):
+    from tessera.operator.settings import OperatorSettings
+
+    env = operator_env(render(str(values_file)))
+    unknown = set(env) - set(OperatorSettings.env_names().values())
+    assert not unknown, f"the operator reads no {unknown}"
+    settings = OperatorSettings.from_env(env)
+    assert settings.metrics_port == int(env["TESSERA_METRICS_PORT"])
+    values = yaml.safe_load(values_file.read_text()) or {}
+    assert settings.namespaces == values.get("operator", {}).get("watchNamespaces", [])
+    assert settings.standalone == (values.get("operator", {}).get("replicas", 1) == 1)
+
+
+def test_the_operator_module_the_container_runs_exists(helm):
+    (deployment,) = by_kind(render(), "Deployment")
+    module = deployment["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert importlib.util.find_spec(module) is not None
 
 
 def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_scope(helm):
@@ -192,6 +260,17 @@ def test_dashboards_are_configmaps_for_the_grafana_sidecar(helm):
     assert {m["metadata"]["namespace"] for m in namespaced} == {"monitoring"}
 
 
+def validating_handler_id(webhook_env: dict[str, str]) -> str:
+    """kopf serves each admission handler at /<handler id>: the id of the operator's one validating handler,
+    in a fresh interpreter with the environment the chart gives the operator."""
+    script = ("import kopf, tessera.operator.main; "
+              "print(*[h.id for h in kopf.get_default_registry()._webhooks.get_all_handlers()])")
+    result = subprocess.run([sys.executable, "-P", "-c", script], env={**os.environ, **webhook_env},
+                            capture_output=True, text=True, timeout=120, check=True)
+    (handler_id,) = result.stdout.split()
+    return handler_id
+
+
 def test_webhook_is_wired_to_the_operator_with_a_matching_certificate(helm):
     docs = render(None, "webhook.enabled=true")
     (config,) = by_kind(docs, "ValidatingWebhookConfiguration")
@@ -201,7 +280,8 @@ def test_webhook_is_wired_to_the_operator_with_a_matching_certificate(helm):
     (webhook,) = config["webhooks"]
     assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     assert webhook["clientConfig"]["service"]["name"] == service["metadata"]["name"]
-    assert webhook["clientConfig"]["service"]["path"] == "/validate-agentworkflow"
+    webhook_env = {k: v for k, v in operator_env(docs).items() if k.startswith("TESSERA_WEBHOOK_")}
+    assert webhook["clientConfig"]["service"]["path"] == f"/{validating_handler_id(webhook_env)}"
     port = next(p for p in service["spec"]["ports"] if p["name"] == "webhook")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert port["targetPort"] in {p["name"] for p in container["ports"]}

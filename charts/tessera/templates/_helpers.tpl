@@ -46,3 +46,8 @@ app.kubernetes.io/part-of: tessera
 {{- define "tessera.webhookSecretName" -}}
 {{- printf "%s-webhook-tls" (include "tessera.fullname" .) -}}
 {{- end -}}
+
+{{/* kopf's peering object shared by the replicas (when there are several). */}}
+{{- define "tessera.peeringName" -}}
+{{- include "tessera.fullname" . -}}
+{{- end -}}
