@@ -1,9 +1,9 @@
 """Serves Tessera's metrics with a synthetic workload, for the Prometheus end-to-end test.
 
-One process per role, as in a cluster: ``--role operator`` serves what the operator records and
-``--role workers`` what the Ray Serve workers record, each on its own /metrics endpoint. Metrics are
-recorded through the project's own recording functions where those exist and otherwise created
-from their MetricSpec in ``tessera.api.metrics``. The load swings in a sine wave, so latency
+One process per role, as in a cluster: ``--role operator`` records through the operator's metrics
+object and serves them with the operator's own /metrics server; ``--role workers`` records the LLM
+engine's figures through its recording function and creates the other worker metrics from their
+MetricSpec in ``tessera.api.metrics`` (the workers have no recording functions for them yet). The load swings in a sine wave, so latency
 percentiles, queues and watts move the way they do under real traffic.
 
     python -P tests/charts/metrics_exporter.py --role workers --port 9101
@@ -45,7 +45,7 @@ POWER_BUDGETS = {"rack-a": 6000.0}
 
 @functools.cache
 def metric(spec: catalogue.MetricSpec):
-    """The prometheus-client object of a spec, for metrics no project module records yet."""
+    """The prometheus-client object of a spec, for worker metrics no project module records yet."""
     if spec.type == "histogram":
         return prometheus_client.Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets)
     kind = {"counter": prometheus_client.Counter, "gauge": prometheus_client.Gauge}[spec.type]
@@ -66,33 +66,29 @@ def poisson(mean: float) -> int:
 
 
 class OperatorTraffic:
+    """Through the operator's own metrics object, as its handlers record them."""
+
     def __init__(self) -> None:
+        from tessera.operator.metrics import operator_metrics
+
+        self.metrics = operator_metrics()
         self.next_plan_change = 0.0
 
     def tick(self, now: float, load: float) -> None:
+        plan_changed = now >= self.next_plan_change
+        if plan_changed:
+            self.next_plan_change = now + LOAD_PERIOD_SECONDS / 4
         for workflow in WORKFLOWS:
-            labels = {"namespace": "default", "workflow": workflow.name}
             usd = sum(HARDWARE_USD_PER_HOUR[workflow.hardware[s]] * len(r) for s, r in workflow.replicas.items())
             watts = sum(HARDWARE_BUSY_WATTS[workflow.hardware[s]] * 0.6 * len(r) for s, r in workflow.replicas.items())
-            metric(catalogue.OPERATOR_PLANNED_USD_PER_HOUR).labels(**labels).set(usd)
-            metric(catalogue.OPERATOR_PLANNED_WATTS).labels(**labels).set(watts)
-            metric(catalogue.OPERATOR_PLANNED_LATENCY_SECONDS).labels(**labels).set(workflow.target_s * 0.7)
-            metric(catalogue.OPERATOR_SLO_TARGET_SECONDS).labels(**labels).set(workflow.target_s)
-            metric(catalogue.OPERATOR_SLO_OBJECTIVE).labels(**labels).set(workflow.objective)
-            if now >= self.next_plan_change:
-                metric(catalogue.OPERATOR_PLAN_CHANGES).labels(**labels).inc()
-        if now >= self.next_plan_change:
-            self.next_plan_change = now + LOAD_PERIOD_SECONDS / 4
+            status = {"phase": "Running", "predicted": {
+                "usdPerHour": usd, "watts": watts, "latencyMsAtSlo": workflow.target_s * 700}}
+            slo = {"latencyMs": workflow.target_s * 1000, "percentile": workflow.objective * 100}
+            self.metrics.workflow_status("default", workflow.name, status, slo, plan_changed)
         for _ in range(poisson(2 * TICK_SECONDS)):
-            outcome = "ok" if random.random() > 0.05 else "error"
-            metric(catalogue.OPERATOR_RECONCILES).labels(outcome=outcome).inc()
-            metric(catalogue.OPERATOR_RECONCILE_SECONDS).labels(outcome=outcome).observe(random.lognormvariate(-3, 0.5))
-            metric(catalogue.OPERATOR_PLAN_SOLVE_SECONDS).labels(solver="fast").observe(random.lognormvariate(-4, 0.4))
-        for phase, count in {"Running": len(WORKFLOWS), "Pending": 0, "Infeasible": 0}.items():
-            metric(catalogue.OPERATOR_WORKFLOWS).labels(phase=phase).set(count)
-        for budget, provisioned in POWER_BUDGETS.items():
-            metric(catalogue.POWER_BUDGET_PROVISIONED_WATTS).labels(budget=budget).set(provisioned)
-            metric(catalogue.POWER_BUDGET_PLANNED_WATTS).labels(budget=budget).set(provisioned * (0.6 + 0.25 * load))
+            self.metrics.reconciled("ok" if random.random() > 0.05 else "error", random.lognormvariate(-3, 0.5))
+            self.metrics.solved("fast", random.lognormvariate(-4, 0.4))
+        self.metrics.budgets(POWER_BUDGETS, {name: watts * (0.6 + 0.25 * load) for name, watts in POWER_BUDGETS.items()})
 
 
 class WorkerTraffic:
@@ -157,7 +153,12 @@ def main() -> None:
     traffic = OperatorTraffic() if args.role == "operator" else WorkerTraffic()
     start = time.monotonic()
     traffic.tick(0.0, load_factor(0.0))
-    prometheus_client.start_http_server(args.port, addr="127.0.0.1")
+    if args.role == "operator":
+        from tessera.operator.metrics import serve
+
+        serve(args.port)
+    else:
+        prometheus_client.start_http_server(args.port, addr="127.0.0.1")
     while True:
         time.sleep(TICK_SECONDS)
         now = time.monotonic() - start
