@@ -1,7 +1,7 @@
 """Scheduling policies shared by the Ray workers and the simulator (pure Python: no Ray, no Kubernetes).
 
 Two levels, after HEXGEN-TEXT2SQL: a global :class:`Dispatcher` sends each LLM call to a replica
-(round-robin, or workload-balanced by speed and outstanding work), and each replica's
+(round-robin, workload-balanced by speed and outstanding work, or earliest predicted finish), and each replica's
 :class:`LocalQueue` decides which waiting call runs next (first come first served, or most urgent
 against its per-stage deadline share). Priorities: higher ``StageCall.priority`` is more urgent; it
 breaks urgency ties and, with ``priority_weight_s``, adds urgency.
@@ -16,6 +16,7 @@ from tessera.workers.scheduling.calls import (
 )
 from tessera.workers.scheduling.dispatch import (
     Dispatcher,
+    EarliestFinishDispatcher,
     NoReplicaError,
     RoundRobinDispatcher,
     WorkloadBalancedDispatcher,
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "POLICIES",
     "Dispatcher",
+    "EarliestFinishDispatcher",
     "FCFSQueue",
     "LocalQueue",
     "NoReplicaError",

@@ -110,3 +110,19 @@ class WorkloadBalancedDispatcher(_Ledger):
     def choose(self, call: StageCall, replicas: Sequence[ReplicaView]) -> str:
         scores = self.scores(call, replicas)
         return min(scores, key=lambda rid: (-scores[rid], rid))
+
+
+class EarliestFinishDispatcher(_Ledger):
+    """Tessera's own: send the call where it would finish first, ``argmin W_e + T_e(step)``.
+
+    W_e is in the replica's own seconds (the ledger adds T_e of each call it sends there), so the
+    sum predicts when this call would be done if the replica worked through its backlog one call at
+    a time; no alpha to tune and no per-hardware weight. Ties go to the lower replica id.
+    """
+
+    def finish_estimates(self, call: StageCall, replicas: Sequence[ReplicaView]) -> dict[str, float]:
+        return {r.replica_id: self.outstanding_s(r) + call.est_seconds(r.hardware_class) for r in eligible(call, replicas)}
+
+    def choose(self, call: StageCall, replicas: Sequence[ReplicaView]) -> str:
+        finish = self.finish_estimates(call, replicas)
+        return min(finish, key=lambda rid: (finish[rid], rid))

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from tessera.workers.scheduling.dispatch import Dispatcher, RoundRobinDispatcher, WorkloadBalancedDispatcher
+from tessera.workers.scheduling.dispatch import (
+    Dispatcher,
+    EarliestFinishDispatcher,
+    RoundRobinDispatcher,
+    WorkloadBalancedDispatcher,
+)
 from tessera.workers.scheduling.queues import FCFSQueue, LocalQueue, UrgencyQueue
 
 DEFAULT_ALPHA = 0.2
@@ -24,6 +29,10 @@ def _round_robin(alpha: float, base_class: str | None) -> Dispatcher:
     return RoundRobinDispatcher()
 
 
+def _earliest_finish(alpha: float, base_class: str | None) -> Dispatcher:
+    return EarliestFinishDispatcher()
+
+
 def _fcfs(hardware_class: str, priority_weight_s: float) -> LocalQueue:
     return FCFSQueue()
 
@@ -33,6 +42,8 @@ POLICIES: dict[str, Policy] = {
     "rr-urgency": Policy(_round_robin, UrgencyQueue),
     "wb-fcfs": Policy(WorkloadBalancedDispatcher, _fcfs),
     "wb-urgency": Policy(WorkloadBalancedDispatcher, UrgencyQueue),
+    # Tessera's own: earliest predicted finish, then urgency (no alpha to tune)
+    "ef-urgency": Policy(_earliest_finish, UrgencyQueue),
 }
 
 
@@ -41,8 +52,8 @@ def make_policy(
 ) -> tuple[Dispatcher, QueueFactory]:
     """A fresh dispatcher and a factory of per-replica queues for the policy ``name``.
 
-    ``alpha`` weighs speed against load in the workload-balanced dispatcher (ignored by
-    round-robin); ``priority_weight_s`` is the urgency added per unit of priority (urgency queues).
+    ``alpha`` weighs speed against load in the workload-balanced dispatcher (ignored by the
+    others); ``priority_weight_s`` is the urgency added per unit of priority (urgency queues).
     """
     if name not in POLICIES:
         raise KeyError(f"policy: unknown {name!r}, choose one of {', '.join(POLICIES)}")

@@ -6,6 +6,7 @@ import pytest
 
 from tessera.workers.scheduling import (
     POLICIES,
+    EarliestFinishDispatcher,
     FCFSQueue,
     NoReplicaError,
     RoundRobinDispatcher,
@@ -94,6 +95,7 @@ def test_alpha_out_of_range_names_the_field():
         ("rr-urgency", RoundRobinDispatcher, UrgencyQueue),
         ("wb-fcfs", WorkloadBalancedDispatcher, FCFSQueue),
         ("wb-urgency", WorkloadBalancedDispatcher, UrgencyQueue),
+        ("ef-urgency", EarliestFinishDispatcher, UrgencyQueue),
     ],
 )
 def test_make_policy_pairs(name, dispatcher_type, queue_type):
@@ -108,3 +110,33 @@ def test_make_policy_pairs(name, dispatcher_type, queue_type):
 def test_unknown_policy_lists_the_known_ones():
     with pytest.raises(KeyError, match="rr-fcfs"):
         make_policy("fastest")
+
+
+@pytest.mark.parametrize(
+    ("fleet", "est", "expected"),
+    [
+        # idle: the fastest class
+        ([replica("a", "a100"), replica("b", "a6000")], {"a100": 10.0, "a6000": 19.0}, "a"),
+        # the fast one is 12 s behind: 12 + 10 > 0 + 19, the slow one finishes first
+        ([replica("a", "a100", 12.0), replica("b", "a6000")], {"a100": 10.0, "a6000": 19.0}, "b"),
+        # 8 s behind: 8 + 10 < 19, still the fast one
+        ([replica("a", "a100", 8.0), replica("b", "a6000")], {"a100": 10.0, "a6000": 19.0}, "a"),
+        # k_e plays no part
+        ([replica("a", "a100", 12.0), replica("b", "a6000", weight=0.1)], {"a100": 10.0, "a6000": 19.0}, "b"),
+        # a tie goes to the lower id
+        ([replica("b", "a100"), replica("a", "a100")], {"a100": 10.0}, "a"),
+    ],
+)
+def test_earliest_finish(fleet, est, expected):
+    assert EarliestFinishDispatcher().choose(call(est=est), fleet) == expected
+
+
+def test_earliest_finish_counts_its_own_assignments():
+    ef = EarliestFinishDispatcher()
+    fleet = [replica("a", "a100"), replica("b", "a6000")]
+    picks = []
+    for _ in range(3):
+        rid = ef.choose(call(), fleet)
+        ef.on_assign(rid, call().est_seconds("a100" if rid == "a" else "a6000"))
+        picks.append(rid)
+    assert picks == ["a", "b", "a"]  # 0+10 | 10+10 > 0+19 | 10+10 < 19+19
