@@ -341,3 +341,18 @@ def test_every_value_is_documented_in_values_yaml_and_in_the_schema():
         line = next(i for i, line in enumerate(lines) if line.startswith(f"{indent}{name}:"))
         comment = lines[line - 1].strip() if line else ""
         assert comment.startswith("#"), f"{key} has no comment above it in values.yaml"
+
+
+def test_every_value_is_in_the_helm_guide():
+    guide = (REPO_ROOT / "docs" / "helm.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    leaves = [key for key in leaf_keys(values) if not isinstance(lookup(values, key), dict) or key in FREE_FORM_VALUES
+              or not lookup(values, key)]
+    missing = [key for key in leaves if f"| `{key}` |" not in guide]
+    assert not missing, f"docs/helm.md's table of values lacks {missing}"
+
+
+def lookup(values: dict, key: str):
+    for part in key.split("."):
+        values = values[part]
+    return values
