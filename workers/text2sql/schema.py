@@ -1,0 +1,177 @@
+"""Schema linking: which tables, columns and stored values a question needs.
+
+Lexical matching, chosen by measuring (see ``tessera bench text2sql``'s README entry):
+table and column names are split into words, reduced to a crude stem and scored
+by overlap with the question's words; text columns whose stored values appear in
+the question are linked together with that value ("Paris" -> customers.city), which
+is what a 135M model cannot guess on its own. Tables joined by a foreign key to a
+linked table come along so a two-table join stays possible.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from tessera.workers.text2sql.sandbox import SQLSandbox
+
+STOPWORDS = frozenset(
+    "a an the of in on for to by with and or is are was were be what which who whose how many much "
+    "list show give find all each every their its it that this there have has do does from at as per "
+    "me number names name".split()
+)
+# Text columns with more distinct values than this are free text, not categories worth matching.
+MAX_DISTINCT_VALUES = 200
+
+
+def stem(word: str) -> str:
+    """A crude singular: "categories" -> "category", "boxes" -> "box", "courses" -> "course"."""
+    word = word.lower()
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("sses", "xes", "zes", "ches", "shes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9]+", text)
+
+
+@dataclass
+class ValueMatch:
+    table: str
+    column: str
+    value: str
+
+
+@dataclass
+class Schema:
+    """Tables with their columns, foreign keys and the distinct values of category-like text columns."""
+
+    tables: dict[str, list[tuple[str, str]]]
+    foreign_keys: list[tuple[str, str, str, str]]
+    values: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, db_path: str | Path) -> "Schema":
+        sandbox = SQLSandbox(db_path)
+        tables = sandbox.schema()
+        values: dict[tuple[str, str], list[str]] = {}
+        conn = sqlite3.connect(f"file:{quote(str(Path(db_path).resolve()))}?mode=ro", uri=True)
+        try:
+            for table, columns in tables.items():
+                for column, decl in columns:
+                    if "CHAR" in decl.upper() or "TEXT" in decl.upper() or not decl:
+                        rows = conn.execute(
+                            f'SELECT DISTINCT "{column}" FROM "{table}" WHERE typeof("{column}")=\'text\' LIMIT ?',
+                            (MAX_DISTINCT_VALUES + 1,)).fetchall()
+                        if len(rows) <= MAX_DISTINCT_VALUES:
+                            values[(table, column)] = [r[0] for r in rows]
+        finally:
+            conn.close()
+        return cls(tables, sandbox.foreign_keys(), values)
+
+    def columns(self, table: str) -> list[str]:
+        return [c for c, _ in self.tables[table]]
+
+    def value_matches(self, question: str) -> list[ValueMatch]:
+        """Stored text values that the question mentions (whole words, case-insensitive); longest first."""
+        lowered = " " + " ".join(words(question)).lower() + " "
+        found: list[ValueMatch] = []
+        for (table, column), vals in self.values.items():
+            for value in vals:
+                key = " ".join(words(value)).lower()
+                if key and f" {key} " in lowered:
+                    found.append(ValueMatch(table, column, value))
+        found.sort(key=lambda m: -len(m.value))
+        # A value inside a longer matched value ("Rome" in "Ancient Rome") is not a separate mention.
+        kept: list[ValueMatch] = []
+        for match in found:
+            if not any(match.value.lower() in k.value.lower() and match.value != k.value for k in kept):
+                kept.append(match)
+        return kept
+
+    def link(self, question: str, max_tables: int = 3) -> "LinkedSchema":
+        """The tables the question names (or whose values it mentions), else the best match by column names.
+
+        A table that joins two chosen tables by foreign keys comes along, so a join through it stays possible.
+        """
+        question_stems = {stem(w) for w in words(question) if w.lower() not in STOPWORDS}
+        matches = self.value_matches(question)
+        order = list(self.tables)
+
+        def column_stems(table: str) -> set[str]:
+            return {stem(w) for c, _ in self.tables[table] for w in c.split("_")}
+
+        # A table is named when the question says its (last) word: "items" names order_items.
+        named = {t: (stem(t.split("_")[-1]) in question_stems) * 3 + 2 * sum(m.table == t for m in matches)
+                 for t in order}
+        chosen = sorted((t for t in order if named[t] > 0), key=lambda t: -named[t])[:max_tables]
+        # Question words that no chosen table explains pull in the table whose columns they name.
+        covered = set().union(*(column_stems(t) | {stem(t.split("_")[-1])} for t in chosen)) if chosen else set()
+        loose = question_stems - covered
+        extra = sorted((t for t in order if t not in chosen and column_stems(t) & loose),
+                       key=lambda t: (-len(column_stems(t) & loose), order.index(t)))
+        chosen += extra[: max(0, max_tables - len(chosen))] if chosen else extra[:1]
+        if not chosen:
+            chosen = order[:1]
+        linked = {frozenset((src, ref)) for src, _, ref, _ in self.foreign_keys}
+        for table in order:  # a bridge: a table referencing two chosen tables that share no foreign key
+            refs = [ref for src, _, ref, _ in self.foreign_keys if src == table and ref in chosen]
+            if table not in chosen and len(refs) >= 2 and frozenset(refs[:2]) not in linked:
+                chosen.append(table)
+        chosen.sort(key=order.index)
+        return LinkedSchema(self, chosen, [m for m in matches if m.table in chosen])
+
+
+@dataclass
+class LinkedSchema:
+    schema: Schema
+    tables: list[str]
+    values: list[ValueMatch]
+
+    def foreign_keys(self) -> list[tuple[str, str, str, str]]:
+        return [fk for fk in self.schema.foreign_keys if fk[0] in self.tables and fk[2] in self.tables]
+
+    def grammar_spec(self, question: str):
+        """The GrammarSpec of queries over these tables whose literals come from the question.
+
+        Stored values the question mentions keep their own column; text the question quotes or
+        capitalises after a sentence's first word (names the value index does not hold) may meet
+        any text column; numbers in the question, any number column.
+        """
+        from tessera.workers.text2sql.grammar import GrammarSpec
+
+        strings = re.findall(r"[\"'‘“]([^\"'’”]+)[\"'’”]", question)
+        strings += re.findall(r"\b\d{4}-\d{2}(?:-\d{2})?\b", question)  # dates as stored text
+        for sentence in re.split(r"[.?!;:]\s+", question):
+            phrase: list[str] = []
+            for i, token in enumerate(re.findall(r"[A-Za-z0-9][\w-]*", sentence) + [""]):
+                if i > 0 and token[:1].isupper():
+                    phrase.append(token)
+                    continue
+                if phrase:
+                    strings += [" ".join(phrase)] + (phrase if len(phrase) > 1 else [])
+                phrase = []
+        matched = {m.value for m in self.values}
+        numbers = re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w.-])", question)
+
+        def kind(decl: str) -> str:
+            return "number" if any(k in decl.upper() for k in ("INT", "REAL", "NUM", "FLOA", "DOUB", "DEC")) else "text"
+
+        tables = tuple((t, tuple((c, kind(d)) for c, d in self.schema.tables[t])) for t in self.tables)
+        return GrammarSpec(tables, tuple((m.table, m.column, m.value) for m in self.values),
+                           tuple(dict.fromkeys(s for s in strings if s not in matched)), tuple(dict.fromkeys(numbers)))
+
+    def describe(self) -> str:
+        """Compact schema text for a prompt: one line per table, then joins and matched values."""
+        lines = [f"{t}({', '.join(self.schema.columns(t))})" for t in self.tables]
+        lines += [f"{t}.{c} = {rt}.{rc}" for t, c, rt, rc in self.foreign_keys()]
+        lines += [f"{m.table}.{m.column} has '{m.value}'" for m in self.values]
+        return "\n".join(lines)

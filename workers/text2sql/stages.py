@@ -1,0 +1,177 @@
+"""The Text-to-SQL stages as plain Python classes (used directly by ``--direct`` and wrapped by Ray Serve).
+
+schema linking -> candidate generation (n candidates, grammar-constrained) -> execution
+-> self-correction of failing candidates (bounded) -> selection by execution-result vote.
+Everything a stage takes or returns is a picklable dataclass, so a Ray Serve handle can
+carry it between replicas.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from tessera.workers.text2sql import prompts
+from tessera.workers.text2sql.grammar import GrammarSpec, SQLGrammarProcessor, sql_pattern
+from tessera.workers.text2sql.sandbox import ExecutionResult, SQLError, SQLSandbox
+from tessera.workers.text2sql.schema import LinkedSchema, Schema
+
+SQL_PREFIX = "SELECT"  # forced at the start of the answer: the model continues a query, never prose
+STOP = [";", "\n\n", "<|im_end|>"]
+
+
+@dataclass
+class Candidate:
+    sql: str
+    mean_logprob: float
+    origin: str  # greedy, sample, revision or single-shot
+    result: ExecutionResult | None = None
+    error: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+@dataclass
+class LLMCall:
+    """One LLM call: chat messages, whether to constrain to the SQL grammar over ``tables``, and sampling."""
+
+    messages: list[dict]
+    grammar: GrammarSpec | None  # what the SQL may name; None: free text (the single-shot baseline)
+    temperature: float = 0.0
+    seed: int | None = None
+    max_new_tokens: int = 64
+    origin: str = "greedy"
+
+
+@lru_cache(maxsize=32)
+def load_schema(db_path: str) -> Schema:
+    return Schema.load(db_path)
+
+
+class SchemaLinker:
+    """Stage 1: the tables, columns and stored values a question needs (lexical; see schema.py)."""
+
+    def __init__(self, max_tables: int = 3):
+        self.max_tables = max_tables
+
+    def link(self, question: str, db_path: str) -> LinkedSchema:
+        return load_schema(str(db_path)).link(question, self.max_tables)
+
+
+class SQLWriter:
+    """The LLM side of generation and revision: runs one LLMCall on an LLMEngine."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def write(self, call: LLMCall) -> Candidate:
+        prompt = self.engine.chat_prompt(call.messages)
+        if call.grammar is None:
+            out = self.engine.generate(prompt, max_new_tokens=call.max_new_tokens, temperature=call.temperature,
+                                       seed=call.seed)
+            return Candidate(prompts.extract_sql(out.text), out.mean_logprob, call.origin)
+        out = self.engine.generate(prompt + SQL_PREFIX, max_new_tokens=call.max_new_tokens, stop=STOP,
+                                   temperature=call.temperature, seed=call.seed,
+                                   logits_processor=SQLGrammarProcessor(self.engine.tokenizer, sql_pattern(call.grammar),
+                                                                     prefix=SQL_PREFIX))
+        return Candidate(SQL_PREFIX + out.text.rstrip().rstrip(";"), out.mean_logprob, call.origin)
+
+
+class CandidateGenerator:
+    """Stage 2: the LLM calls for n candidates (one greedy, the rest sampled), with few-shot examples."""
+
+    def __init__(self, fewshot_db_dir: str | Path, n: int = 4, k_examples: int = 3, temperature: float = 0.7,
+                 max_new_tokens: int = 64):
+        self.fewshot_db_dir = str(fewshot_db_dir)
+        self.n, self.k_examples, self.temperature, self.max_new_tokens = n, k_examples, temperature, max_new_tokens
+
+    def examples(self, question: str) -> list[prompts.Example]:
+        return prompts.select_examples(question, prompts.load_examples(self.fewshot_db_dir), self.k_examples)
+
+    def calls(self, question: str, linked: LinkedSchema, n: int | None = None) -> list[LLMCall]:
+        messages = prompts.generation_messages(question, linked, self.examples(question))
+        grammar = linked.grammar_spec(question)
+        return [LLMCall(messages, grammar, 0.0 if i == 0 else self.temperature, seed=i,
+                        max_new_tokens=self.max_new_tokens, origin="greedy" if i == 0 else "sample")
+                for i in range(self.n if n is None else n)]
+
+    def single_shot_call(self, question: str, db_path: str, max_new_tokens: int = 96) -> LLMCall:
+        """The baseline: whole schema, no examples, greedy, no grammar."""
+        return LLMCall(prompts.single_shot_messages(question, load_schema(str(db_path))), None, 0.0,
+                       max_new_tokens=max_new_tokens, origin="single-shot")
+
+
+class SelfCorrector:
+    """Stage 4: the LLM call that revises a failing candidate with the database's error in the prompt."""
+
+    def __init__(self, generator: CandidateGenerator):
+        self.generator = generator
+
+    def call(self, question: str, linked: LinkedSchema, failed: Candidate) -> LLMCall:
+        messages = prompts.revision_messages(question, linked, self.generator.examples(question), failed.sql,
+                                             failed.error or "unknown error")
+        return LLMCall(messages, linked.grammar_spec(question), 0.0, max_new_tokens=self.generator.max_new_tokens,
+                       origin="revision")
+
+
+class SQLExecutor:
+    """Stage 3: runs candidates in the read-only sandbox; identical SQL runs once."""
+
+    def __init__(self, timeout_s: float = 2.0, max_rows: int = 1000):
+        self.timeout_s, self.max_rows = timeout_s, max_rows
+
+    def execute(self, candidates: list[Candidate], db_path: str) -> list[Candidate]:
+        sandbox = SQLSandbox(db_path, self.timeout_s, self.max_rows)
+        seen: dict[str, Candidate] = {}
+        done = []
+        for cand in candidates:
+            if cand.sql in seen:
+                first = seen[cand.sql]
+                done.append(Candidate(cand.sql, cand.mean_logprob, cand.origin, first.result, first.error,
+                                      first.error_kind))
+                continue
+            try:
+                cand = Candidate(cand.sql, cand.mean_logprob, cand.origin, sandbox.execute(cand.sql))
+            except SQLError as err:
+                cand = Candidate(cand.sql, cand.mean_logprob, cand.origin, None, str(err), err.kind)
+            seen[cand.sql] = cand
+            done.append(cand)
+        return done
+
+
+@dataclass
+class Selection:
+    chosen: Candidate
+    votes: int
+    groups: int = 0
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+class Selector:
+    """Stage 5: vote by execution result; ties by the best mean log-probability.
+
+    A result with no rows counts half a vote: a tiny model's over-tight filter often
+    agrees with itself on "nothing", which is rarely the answer a question expects.
+    """
+
+    def select(self, candidates: list[Candidate]) -> Selection:
+        if not candidates:
+            raise ValueError("candidates: none to select from")
+        groups: dict[tuple, list[Candidate]] = defaultdict(list)
+        for cand in candidates:
+            if cand.ok:
+                groups[cand.result.result_key].append(cand)
+        if not groups:
+            return Selection(max(candidates, key=lambda c: c.mean_logprob), 0, 0)
+
+        def score(members: list[Candidate]) -> tuple[float, float]:
+            weight = 0.5 if not members[0].result.rows else 1.0
+            return (weight * len(members), max(c.mean_logprob for c in members))
+
+        best = max(groups.values(), key=score)
+        return Selection(max(best, key=lambda c: c.mean_logprob), len(best), len(groups))
