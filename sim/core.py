@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,8 +45,10 @@ class PowerPolicy:
 
     Above T1 the engines serving no call of priority >= ``low_priority_below`` are capped to
     ``low``; above T2 every engine is capped to ``high``; caps lift once the draw falls ``margin``
-    below the threshold that set them. A decision acts ``delay_s`` after the draw crosses a line.
-    ``capping=False`` only measures the draw.
+    below the threshold that set them, but no sooner than ``hold_s`` after they were set (without the
+    hold, a cap that works lifts itself at once and the group oscillates). A decision acts ``delay_s``
+    after the draw crosses a line. ``capping=False`` only measures the draw. POLCA publishes none of
+    these figures; ours are in the scenario files and docs/results.md.
     """
 
     provisioned_watts: float
@@ -57,6 +60,70 @@ class PowerPolicy:
     high: CapLevel = CapLevel(0.60, 1.15, 1.02)
     low_priority_below: int = 1
     delay_s: float = 1.0
+    hold_s: float = 10.0
+
+
+class PowerGroup:
+    """The draw of every engine on one budget, the time spent above it, and the capping controller."""
+
+    NONE, LOW, ALL = 0, 1, 2
+
+    def __init__(self, policy: PowerPolicy | None, watts: float):
+        self.policy = policy
+        self.watts = watts
+        self.peak_watts = watts
+        self.last_t = 0.0
+        self.over_budget_s = 0.0
+        self.level = self.NONE
+        self.level_since = -math.inf
+        self.decision_pending = False
+        self.cap_events = 0
+
+    def changed(self, now: float, delta_watts: float) -> float | None:
+        """Account a change of draw; returns when the controller should decide, if it should and has not been asked."""
+        if self.policy is None:
+            return None
+        if self.watts > self.policy.provisioned_watts:
+            self.over_budget_s += now - self.last_t
+        self.last_t = now
+        self.watts += delta_watts
+        self.peak_watts = max(self.peak_watts, self.watts)
+        return self.next_decision(now)
+
+    def next_decision(self, now: float) -> float | None:
+        if self.policy is None or not self.policy.capping or self.decision_pending:
+            return None
+        wanted = self._wanted()
+        if wanted == self.level:
+            return None
+        self.decision_pending = True
+        at = now + self.policy.delay_s
+        return at if wanted > self.level else max(at, self.level_since + self.policy.hold_s)
+
+    def _wanted(self) -> int:
+        p, budget = self.policy, self.policy.provisioned_watts
+        if self.watts > p.t2 * budget or (self.level == self.ALL and self.watts > (p.t2 - p.margin) * budget):
+            return self.ALL
+        if self.watts > p.t1 * budget or (self.level >= self.LOW and self.watts > (p.t1 - p.margin) * budget):
+            return self.LOW
+        return self.NONE
+
+    def decide(self, now: float) -> bool:
+        """The controller acts: returns whether the cap level changed."""
+        self.decision_pending = False
+        wanted = self._wanted()
+        if wanted == self.level or (wanted < self.level and now < self.level_since + self.policy.hold_s):
+            return False
+        self.cap_events += wanted > self.level
+        self.level, self.level_since = wanted, now
+        return True
+
+    def cap_for(self, engine: "Engine") -> CapLevel | None:
+        if self.level == self.ALL:
+            return self.policy.high
+        if self.level == self.LOW and engine.high_running == 0:
+            return self.policy.low
+        return None
 
 
 @dataclass
@@ -249,48 +316,16 @@ class Simulator:
             if t is not None:
                 heapq.heappush(events, (t, next(sequence), ENGINE, engine.index, engine.version))
 
-        # power group
-        group_watts = sum(e.power for e in engines)
-        group_last_t = 0.0
-        peak_watts = group_watts
-        over_budget_s = 0.0
-        cap_state = 0  # 0 none, 1 low-priority capped, 2 all capped
-        control_pending = False
-        cap_events = 0
+        group = PowerGroup(self.power, sum(e.power for e in engines))
 
         def power_changed(now: float, before: float, after: float) -> None:
-            nonlocal group_watts, group_last_t, peak_watts, over_budget_s, control_pending
-            if self.power is None:
-                return
-            if group_watts > self.power.provisioned_watts:
-                over_budget_s += now - group_last_t
-            group_last_t = now
-            group_watts += after - before
-            peak_watts = max(peak_watts, group_watts)
-            if self.power.capping and not control_pending and wanted_cap() != cap_state:
-                control_pending = True
-                heapq.heappush(events, (now + self.power.delay_s, next(sequence), CONTROL, 0, 0))
+            decision = group.changed(now, after - before)
+            if decision is not None:
+                heapq.heappush(events, (decision, next(sequence), CONTROL, 0, 0))
 
-        def wanted_cap() -> int:
-            p, budget = self.power, self.power.provisioned_watts
-            if group_watts > p.t2 * budget or (cap_state == 2 and group_watts > (p.t2 - p.margin) * budget):
-                return 2
-            if group_watts > p.t1 * budget or (cap_state >= 1 and group_watts > (p.t1 - p.margin) * budget):
-                return 1
-            return 0
-
-        def apply_cap(now: float) -> None:
-            nonlocal cap_state, cap_events
-            target = wanted_cap()
-            if target > cap_state:
-                cap_events += 1
-            cap_state = target
+        def apply_caps(now: float) -> None:
             for e in engines:
-                cap = None
-                if target == 2:
-                    cap = self.power.high
-                elif target == 1 and e.high_running == 0:
-                    cap = self.power.low
+                cap = group.cap_for(e)
                 if cap is not e.cap:
                     e.advance(now)
                     before = e.power
@@ -347,11 +382,11 @@ class Simulator:
                     heapq.heappush(events, (states[index + 1].request.arrival_s, next(sequence), ARRIVAL, index + 1, 0))
                 start_group(states[index], now)
             elif kind == CONTROL:
-                control_pending = False
-                apply_cap(now)
-                if wanted_cap() != cap_state:
-                    control_pending = True
-                    heapq.heappush(events, (now + self.power.delay_s, next(sequence), CONTROL, 0, 0))
+                if group.decide(now):
+                    apply_caps(now)
+                decision = group.next_decision(now)
+                if decision is not None:
+                    heapq.heappush(events, (decision, next(sequence), CONTROL, 0, 0))
             else:
                 engine = engines[index]
                 if version != engine.version:
@@ -381,8 +416,7 @@ class Simulator:
         end = now
         for e in engines:
             e.advance(end)
-        if self.power is not None:
-            power_changed(end, 0.0, 0.0)
+        group.changed(end, 0.0)
         latencies = np.array([(s.finish_s - s.request.arrival_s) if s.finish_s is not None else np.inf for s in states])
         met = np.array([s.finish_s is not None and s.finish_s <= s.request.deadline_s + EPS for s in states], dtype=bool)
         makespan = end  # the clock starts at 0 with every engine idle
@@ -398,7 +432,7 @@ class Simulator:
             first_waits_s=np.array([(s.first_start_s - s.request.arrival_s) if s.first_start_s is not None else np.inf
                                     for s in states]), priorities=np.array([s.request.priority for s in states]),
             makespan_s=makespan, energy_j=energy_j, usd=usd,
-            busy_fraction={k: float(np.mean(v)) for k, v in busy.items()}, peak_watts=peak_watts,
-            over_budget_s=over_budget_s, cap_events=cap_events, stopped_early=stopped, events=processed,
+            busy_fraction={k: float(np.mean(v)) for k, v in busy.items()}, peak_watts=group.peak_watts,
+            over_budget_s=group.over_budget_s, cap_events=group.cap_events, stopped_early=stopped, events=processed,
             finished=finished,
         )
