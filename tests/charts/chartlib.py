@@ -46,7 +46,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     for path in DASHBOARDS:
         board = json.loads(path.read_text())
         for panel in board["panels"]:
-            queries += [(f"{path.name}: {panel['title']}", target["expr"]) for target in panel["targets"]]
+            queries += [(f"{path.name}: {panel['title']}: {target['legendFormat']}", target["expr"])
+                        for target in panel["targets"]]
         for variable in board["templating"]["list"]:
             if variable["type"] == "query":
                 queries.append((f"{path.name}: ${variable['name']}", variable["query"]["query"]))
