@@ -13,7 +13,10 @@ import json
 
 # name -> (module, one-line description). Each module: add_arguments(parser), run(args) -> dict.
 BENCHMARKS: dict[str, tuple[str, str]] = {
+    "planner": ("tessera.planner.bench", "planner: fast vs exact optimality gap, solve times, mixed fleet vs newest-only TCO"),
+    "text2sql": ("tessera.cli.text2sql", "Text-to-SQL: execution accuracy of single-shot vs the full pipeline, stage latency"),
     "sim": ("tessera.sim.bench", "simulator speed: 10,000 Text-to-SQL requests, rr-fcfs vs wb-urgency, against a 30 s budget"),
+    "specdec": ("tessera.workers.llm.bench_specdec", "speculative decoding: tokens/s of each draft method vs plain greedy decoding, outputs checked identical"),
 }
 
 

@@ -83,7 +83,7 @@ class LLMEngine:
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_token_ids = self._eos_ids()
         self._forward_lock = threading.RLock()
-        self._drafters: dict[Any, Any] = {}  # cache of drafts built for SpecDecConfig's (per engine)
+        self._drafters: dict[tuple, Any] = {}  # SpecDecConfig.key() -> the drafter built for it
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -129,6 +129,10 @@ class LLMEngine:
         configured = getattr(self.model.generation_config, "eos_token_id", None)
         ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
         return frozenset(i for i in ids if i is not None)
+
+    def set_drafter(self, config: "SpecDecConfig", drafter) -> None:
+        """Draft with ``drafter`` (e.g. a remote draft deployment) whenever a request uses ``config``."""
+        self._drafters[config.key()] = drafter
 
     # ------------------------------------------------------------------ prompts
     def chat_prompt(self, messages: list[dict]) -> str:
