@@ -20,7 +20,9 @@ SUBCOMMAND_MODULES = [
     "crds",
     "plan",
     "simulate",
+    "text2sql",
     "bench",
+    "demo",
 ]
 
 DESCRIPTION = """\
