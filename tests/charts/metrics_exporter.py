@@ -3,14 +3,15 @@
 ``--role operator``: the real operator (kopf with Tessera's handlers) reconciles the example inventory
 and workflows in kmock's emulated cluster (``tessera.operator.testing``) and serves its metrics with
 ``tessera.operator.metrics.serve``, as it does in its pod. A user keeps changing the chat workflow's
-planned request rate with the load, so the operator keeps replanning. Once every workflow has a plan,
-the workflows with their plans are written to ``--plans``.
+planned request rate in a one-minute sine wave, so the operator keeps replanning (cheaper, slower
+hardware when fewer requests are expected). The workflows with their current plans are written to
+``--plans`` after every change.
 
-``--role workers``: synthetic requests shaped by those plans (workflow names, SLOs, stages, hardware
-classes, replicas, predicted latencies, $/h and watts). The LLM figures go through the engine's
-recording function ``tessera.workers.llm.metrics.record_generation``; the other worker metrics are
-created from their MetricSpec in ``tessera.api.metrics`` (the workers have no recording functions for
-them yet). The load swings in a one-minute sine wave, so percentiles, queues and watts move.
+``--role workers``: synthetic requests that follow those plans (workflow names, SLOs, rates, stages,
+hardware classes, replicas, latency at the SLO percentile, $/h and watts). The LLM figures go through
+the engine's recording function ``tessera.workers.llm.metrics.record_generation``; the other worker
+metrics are created from their MetricSpec in ``tessera.api.metrics`` (the workers have no recording
+functions for them yet).
 
     python -P tests/charts/metrics_exporter.py --role operator --port 9101 --plans /tmp/plans.json
     python -P tests/charts/metrics_exporter.py --role workers --port 9102 --plans /tmp/plans.json
@@ -35,10 +36,11 @@ REPLAN_SECONDS = 2.0
 PLANS_TIMEOUT_SECONDS = 120.0
 MAX_REPLICA_SERIES = 8  # per stage: enough to show the spread without thousands of series
 SQL_ERROR_KINDS = ("syntax", "refused")
+LATENCY_SIGMA = 0.3  # spread of a request's latency around the plan (log-normal)
 
 
 def load_factor(now: float) -> float:
-    """1 on average, from 0.4 to 1.6: at the peaks queues build and the latency tail crosses the target."""
+    """The chat workflow's planned request rate, relative to the example's: from 0.4 to 1.6 and back."""
     return 1.0 + 0.6 * math.sin(2 * math.pi * now / LOAD_PERIOD_SECONDS)
 
 
@@ -68,17 +70,22 @@ def run_operator(port: int, plans_path: Path) -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"the operator planned no workflows within {PLANS_TIMEOUT_SECONDS:.0f} s")
                 time.sleep(0.5)
-            partial = plans_path.with_suffix(".partial")
-            partial.write_text(json.dumps(workflows))
-            partial.rename(plans_path)
             chat = next(wf for wf in workflows if wf["metadata"]["name"] == "chat")
             planned_rate = chat["spec"]["slo"]["requestsPerSecond"]
             start = time.monotonic()
             while True:
+                write_plans(plans_path, workflows)
                 time.sleep(REPLAN_SECONDS)
                 rate = round(planned_rate * load_factor(time.monotonic() - start), 1)
                 cluster.patch(*api, "chat", {"spec": {"slo": {"requestsPerSecond": rate}}},
                               namespace=chat["metadata"]["namespace"])
+                workflows = cluster.list(*api)
+
+
+def write_plans(path: Path, workflows: list[dict]) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(workflows))
+    partial.rename(path)  # atomic: the workers never read half a file
 
 
 # --- the workers -------------------------------------------------------------------------------------
@@ -112,7 +119,7 @@ class Workflow:
     name: str
     target_s: float
     rate: float
-    p50_s: float
+    at_slo_s: float
     stages: list[Stage]
 
     @classmethod
@@ -128,30 +135,47 @@ class Workflow:
                 stage.get("fanOut", 1), placed["hardwareClass"], placed["replicas"],
                 placed["predictedLatencyMs"] / 1000, placed["watts"], placed["usdPerHour"]))
         return cls(obj["metadata"]["name"], spec["slo"]["latencyMs"] / 1000,
-                   max(1.0, spec["slo"]["requestsPerSecond"]), plan["predicted"]["latencyMsP50"] / 1000, stages)
+                   max(1.0, spec["slo"]["requestsPerSecond"]), plan["predicted"]["latencyMsAtSlo"] / 1000, stages)
 
 
 class WorkerTraffic:
-    def __init__(self, workflows: list[Workflow]) -> None:
-        self.workflows = workflows
+    """Requests at each workflow's planned rate, on the stages and replicas of its current plan."""
+
+    def __init__(self, plans_path: Path) -> None:
+        self.plans_path = plans_path
+        self.plans_version = 0
+        self.workflows: list[Workflow] = []
+        self.refresh()
         # Rare events start at zero, so their series exist before the first one happens.
-        for workflow in workflows:
+        for workflow in self.workflows:
             for stage in workflow.stages:
                 metric(catalogue.WORKER_DEADLINE_MISSES).labels(workflow=workflow.name, stage=stage.name)
         for kind in SQL_ERROR_KINDS:
             metric(catalogue.WORKER_SQL_ERRORS).labels(kind=kind)
 
-    def tick(self, load: float) -> None:
-        for workflow in self.workflows:
-            for _ in range(poisson(workflow.rate * load * TICK_SECONDS)):
-                self.request(workflow, load)
-            for stage in workflow.stages:
-                self.replicas(workflow, stage, load)
+    def refresh(self) -> None:
+        """Follow the operator's replanning: the file changes whenever it writes the plans again."""
+        version = self.plans_path.stat().st_mtime_ns
+        if version != self.plans_version:
+            self.workflows = [Workflow.from_object(obj) for obj in json.loads(self.plans_path.read_text())]
+            self.plans_version = version
+            metric(catalogue.WORKER_QUEUE_DEPTH).clear()
+            metric(catalogue.WORKER_REPLICA_USD_PER_HOUR).clear()
+            metric(catalogue.WORKER_REPLICA_WATTS).clear()
 
-    def request(self, workflow: Workflow, load: float) -> None:
+    def tick(self) -> None:
+        self.refresh()
+        for workflow in self.workflows:
+            for _ in range(poisson(workflow.rate * TICK_SECONDS)):
+                self.request(workflow)
+            for stage in workflow.stages:
+                self.replicas(workflow, stage)
+
+    def request(self, workflow: Workflow) -> None:
         from tessera.workers.llm.metrics import record_generation
 
-        latency = workflow.p50_s * load**1.2 * random.lognormvariate(0, 0.3)
+        # Centred so that about 95 % of requests finish within the plan's latency at the SLO percentile.
+        latency = workflow.at_slo_s * random.lognormvariate(-1.645 * LATENCY_SIGMA, LATENCY_SIGMA)
         priority = random.choice(("0", "5"))
         late = latency > workflow.target_s
         outcome = "error" if random.random() < 0.005 else "deadline_missed" if late else "ok"
@@ -170,14 +194,14 @@ class WorkerTraffic:
             metric(catalogue.WORKER_STAGE_SECONDS).labels(
                 workflow=workflow.name, stage=stage.name, hardware_class=stage.hardware_class).observe(seconds)
             metric(catalogue.WORKER_QUEUE_WAIT_SECONDS).labels(stage=stage.name, hardware_class=stage.hardware_class
-                                                              ).observe(seconds * 0.3 * load * random.random())
+                                                              ).observe(seconds * 0.3 * random.random())
             if stage.kind == "sql":
                 metric(catalogue.WORKER_SQL_CANDIDATES).inc(stage.fan_out)
                 if random.random() < 0.1:
                     metric(catalogue.WORKER_SQL_ERRORS).labels(kind=random.choice(SQL_ERROR_KINDS)).inc()
             if stage.model and stage.draft_method:
                 drafted = stage.fan_out * random.randint(40, 80)
-                accepted = sum(random.random() < 0.72 - 0.1 * (load - 1) for _ in range(drafted))
+                accepted = sum(random.random() < 0.72 for _ in range(drafted))
                 steps = drafted // 4 + 1
                 record_generation(stage.model, {
                     "generated_tokens": accepted + steps, "method": stage.draft_method, "drafted_tokens": drafted,
@@ -186,8 +210,8 @@ class WorkerTraffic:
             elif stage.model:
                 record_generation(stage.model, {"generated_tokens": stage.fan_out * random.randint(20, 200)})
 
-    def replicas(self, workflow: Workflow, stage: Stage, load: float) -> None:
-        waiting = workflow.rate * load * stage.predicted_s * 0.15 * load / stage.replicas
+    def replicas(self, workflow: Workflow, stage: Stage) -> None:
+        waiting = workflow.rate * stage.predicted_s * 0.15 / stage.replicas  # Little's law on the queueing share
         for index in range(min(stage.replicas, MAX_REPLICA_SERIES)):
             replica = f"{workflow.name}-{stage.name}-{index}"
             metric(catalogue.WORKER_QUEUE_DEPTH).labels(
@@ -196,7 +220,7 @@ class WorkerTraffic:
                       "hardware_class": stage.hardware_class}
             metric(catalogue.WORKER_REPLICA_USD_PER_HOUR).labels(**labels).set(stage.usd_per_hour / stage.replicas)
             metric(catalogue.WORKER_REPLICA_WATTS).labels(**labels).set(
-                stage.watts / stage.replicas * (0.5 + 0.5 * load) * random.uniform(0.95, 1.05))
+                stage.watts / stage.replicas * random.uniform(0.9, 1.1))
 
 
 def run_workers(port: int, plans_path: Path) -> None:
@@ -207,13 +231,12 @@ def run_workers(port: int, plans_path: Path) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"no plans appeared in {plans_path} within {PLANS_TIMEOUT_SECONDS:.0f} s")
         time.sleep(0.2)
-    traffic = WorkerTraffic([Workflow.from_object(obj) for obj in json.loads(plans_path.read_text())])
-    traffic.tick(load_factor(0.0))
+    traffic = WorkerTraffic(plans_path)
+    traffic.tick()
     prometheus_client.start_http_server(port, addr="127.0.0.1")
-    start = time.monotonic()
     while True:
         time.sleep(TICK_SECONDS)
-        traffic.tick(load_factor(time.monotonic() - start))
+        traffic.tick()
 
 
 def main() -> None:
