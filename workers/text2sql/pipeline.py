@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tessera.workers.scheduling import StageCall, absolute_stage_deadline_s
 from tessera.workers.text2sql.schema import LinkedSchema
 from tessera.workers.text2sql.stages import (
     Candidate,
@@ -133,7 +134,7 @@ class Text2SQLPipeline:
         self.max_revisions = max_revisions
         self.stage_mean_s = {**DEFAULT_STAGE_MEAN_S, **(stage_mean_s or {})}
         self.class_speed = class_speed or {"cpu": 1.0}
-        self.observer = observer  # called as observer(stage, seconds, request) after each stage (metrics)
+        self.observer = observer  # observer(stage, seconds, request, missed_stage_deadline) after each stage
 
     async def _timed(self, name: str, request: Text2SQLRequest, timings: list[dict], make_call):
         sched = sched_for(request, name, self.stage_mean_s, self.class_speed)
@@ -142,7 +143,8 @@ class Text2SQLPipeline:
         seconds = time.perf_counter() - started
         timings.append({"name": name, "ms": round(seconds * 1000, 1)})
         if self.observer:
-            self.observer(name, seconds, request)
+            missed = time.time() > absolute_stage_deadline_s(StageCall(**sched))
+            self.observer(name, seconds, request, missed)
         return result
 
     async def answer(self, request: Text2SQLRequest) -> Text2SQLAnswer:
@@ -190,5 +192,3 @@ class Text2SQLPipeline:
 def answer_direct(pipeline: Text2SQLPipeline, request: Text2SQLRequest) -> Text2SQLAnswer:
     return asyncio.run(pipeline.answer(request))
 
-
-__all__ = ["DirectStages", "Text2SQLAnswer", "Text2SQLPipeline", "Text2SQLRequest", "STAGES", "asdict"]

@@ -43,6 +43,18 @@ def words(text: str) -> list[str]:
     return re.findall(r"[A-Za-z0-9]+", text)
 
 
+def mentions(question_words: list[str], column: str) -> bool:
+    """Whether the question names a column: a word of it (not "id") shares its first 4 letters, or all
+    of a shorter word, with a question word ("hired" names hire_year, "credits" names credits)."""
+    for part in column.lower().split("_"):
+        if part == "id":
+            continue
+        n = min(4, len(part))
+        if any(len(w) >= n and w[:n] == part[:n] and (len(part) > 3 or w.rstrip("s") == part) for w in question_words):
+            return True
+    return False
+
+
 @dataclass
 class ValueMatch:
     table: str
@@ -144,9 +156,9 @@ class LinkedSchema:
 
         Stored values the question mentions keep their own column; text the question quotes or
         capitalises after a sentence's first word (names the value index does not hold) may meet
-        any text column; numbers in the question, any number column.
+        any text column; numbers in the question (and 0/1 when it negates something), any number column.
         """
-        from tessera.workers.text2sql.grammar import GrammarSpec
+        from tessera.workers.text2sql.grammar import GrammarSpec, QueryShape
 
         strings = re.findall(r"[\"'‘“]([^\"'’”]+)[\"'’”]", question)
         strings += re.findall(r"\b\d{4}-\d{2}(?:-\d{2})?\b", question)  # dates as stored text
@@ -160,14 +172,22 @@ class LinkedSchema:
                     strings += [" ".join(phrase)] + (phrase if len(phrase) > 1 else [])
                 phrase = []
         matched = {m.value for m in self.values}
-        numbers = re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w.-])", question)
+        numbers = re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?!\w|\.\d)", question)
+        if re.search(r"\b(?:not|never|no|without)\b|n't\b", question, re.I):
+            numbers += ["0", "1"]  # a negated property is usually a 0/1 flag column
 
         def kind(decl: str) -> str:
             return "number" if any(k in decl.upper() for k in ("INT", "REAL", "NUM", "FLOA", "DOUB", "DEC")) else "text"
 
         tables = tuple((t, tuple((c, kind(d)) for c, d in self.schema.tables[t])) for t in self.tables)
-        return GrammarSpec(tables, tuple((m.table, m.column, m.value) for m in self.values),
-                           tuple(dict.fromkeys(s for s in strings if s not in matched)), tuple(dict.fromkeys(numbers)))
+        said = [w.lower() for w in words(question)]
+        mentioned = [(t, c) for t, cols in tables for c, _ in cols if mentions(said, c)]
+        labels = [(t, next(c for c, k in cols if k == "text")) for t, cols in tables if any(k == "text" for _, k in cols)]
+        numeric_mentioned = tuple(p for p in mentioned if dict(dict(tables)[p[0]])[p[1]] == "number")
+        return GrammarSpec(
+            tables, tuple(self.foreign_keys()), tuple((m.table, m.column, m.value) for m in self.values),
+            tuple(dict.fromkeys(s for s in strings if s not in matched)), tuple(dict.fromkeys(numbers)),
+            numeric_mentioned, tuple(dict.fromkeys(mentioned + labels)), QueryShape.of(question))
 
     def describe(self) -> str:
         """Compact schema text for a prompt: one line per table, then joins and matched values."""

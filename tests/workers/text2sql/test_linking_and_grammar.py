@@ -1,0 +1,68 @@
+"""Schema linking, the few-shot pool, and the SQL grammar the decoder is held to."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tessera.workers.text2sql.grammar import sql_pattern
+from tessera.workers.text2sql.prompts import DATA_DIR, extract_sql, load_examples, select_examples
+from tessera.workers.text2sql.sandbox import SQLSandbox
+from tessera.workers.text2sql.schema import Schema
+
+DEV = json.loads((DATA_DIR / "dev.json").read_text())
+FEWSHOT = json.loads((DATA_DIR / "fewshot.json").read_text())
+
+
+def test_the_dev_set_is_large_enough_and_every_gold_query_returns_rows(t2s_dbs):
+    assert len(DEV) >= 40
+    assert {item["db"] for item in DEV} == {"store.sqlite", "school.sqlite", "library.sqlite"}
+    for item in DEV + FEWSHOT:
+        result = SQLSandbox(t2s_dbs / item["db"]).execute(item["sql"])
+        assert result.rows and result.rows != [(0,)], item["question"]
+
+
+def test_few_shot_examples_never_come_from_a_dev_database():
+    assert {item["db"] for item in FEWSHOT}.isdisjoint({item["db"] for item in DEV})
+
+
+@pytest.mark.parametrize("item", DEV + FEWSHOT, ids=lambda i: i["question"][:40])
+def test_linking_keeps_every_table_of_the_gold_query_and_the_grammar_accepts_it(t2s_dbs, item):
+    """Linking recall and grammar coverage: the gold query must stay writable under the constraint."""
+    linked = Schema.load(t2s_dbs / item["db"]).link(item["question"])
+    used = set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", item["sql"], re.I))
+    assert used <= set(linked.tables)
+    assert sql_pattern(linked.grammar_spec(item["question"])).fullmatch(item["sql"])
+
+
+def test_value_linking_finds_stored_values_in_the_database_spelling(t2s_dbs):
+    schema = Schema.load(t2s_dbs / "store.sqlite")
+    matches = schema.value_matches("how many orders were CANCELLED by customers in paris?")
+    assert {(m.table, m.column, m.value) for m in matches} == {("orders", "status", "cancelled"),
+                                                               ("customers", "city", "Paris")}
+
+
+def test_the_grammar_refuses_unknown_names_and_ungrounded_literals(t2s_dbs):
+    question = "Which products cost more than 500?"
+    pattern = sql_pattern(Schema.load(t2s_dbs / "store.sqlite").link(question).grammar_spec(question))
+    assert pattern.fullmatch("SELECT name FROM products WHERE price > 500")
+    assert pattern.fullmatch("SELECT name FROM products WHERE price > 5", partial=True)  # may still grow
+    assert not pattern.fullmatch("SELECT product_name FROM products")  # no such column
+    assert not pattern.fullmatch("SELECT name FROM products WHERE price > 100")  # 100 is not in the question
+    assert not pattern.fullmatch("SELECT name FROM products WHERE name > 500")  # text column, number literal
+    assert not pattern.fullmatch("SELECT name FROM products; DROP TABLE products")
+
+
+def test_examples_are_picked_by_the_shape_of_the_question(t2s_dbs):
+    examples = load_examples(str(t2s_dbs))
+    picked = select_examples("How many books are there in each genre?", examples, 3)
+    assert "GROUP BY" in picked[-1].sql and "COUNT" in picked[-1].sql
+    picked = select_examples("What is the average number of pages of books?", examples, 3)
+    assert "AVG" in picked[-1].sql
+
+
+def test_extract_sql_from_free_text():
+    assert extract_sql("Sure! ```sql\nSELECT a FROM t;\n``` done") == "SELECT a FROM t"
+    assert extract_sql("The query is SELECT 1; and more") == "SELECT 1"
