@@ -8,10 +8,9 @@ hardware when fewer requests are expected). The workflows with their current pla
 ``--plans`` after every change.
 
 ``--role workers``: synthetic requests that follow those plans (workflow names, SLOs, rates, stages,
-hardware classes, replicas, latency at the SLO percentile, $/h and watts). The LLM figures go through
-the engine's recording function ``tessera.workers.llm.metrics.record_generation``; the other worker
-metrics are created from their MetricSpec in ``tessera.api.metrics`` (the workers have no recording
-functions for them yet).
+hardware classes, replicas, latency at the SLO percentile, $/h and watts), recorded into the workers'
+own metric objects: ``tessera.workers.llm.metrics.record_generation`` for the LLM figures,
+``tessera.workers.metrics.make_metric`` for the others.
 
     python -P tests/charts/metrics_exporter.py --role operator --port 9101 --plans /tmp/plans.json
     python -P tests/charts/metrics_exporter.py --role workers --port 9102 --plans /tmp/plans.json
@@ -20,7 +19,6 @@ functions for them yet).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import random
@@ -89,15 +87,11 @@ def write_plans(path: Path, workflows: list[dict]) -> None:
 
 
 # --- the workers -------------------------------------------------------------------------------------
-@functools.cache
 def metric(spec: catalogue.MetricSpec):
-    """The prometheus-client object of a spec, for worker metrics no project module records yet."""
-    import prometheus_client
+    """The workers' prometheus-client object of a spec, from the workers' own metrics module."""
+    from tessera.workers.metrics import make_metric
 
-    if spec.type == "histogram":
-        return prometheus_client.Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets)
-    kind = {"counter": prometheus_client.Counter, "gauge": prometheus_client.Gauge}[spec.type]
-    return kind(spec.name, spec.help, spec.labels)
+    return make_metric(spec)
 
 
 @dataclass

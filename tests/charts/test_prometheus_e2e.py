@@ -136,7 +136,7 @@ def prometheus(prometheus_binary, tmp_path_factory):
         processes.wait_until(lambda: urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200,
                              "Prometheus to be ready")
         server = Prometheus(url, started)
-        processes.wait_until(lambda: len(server.query(f"count_over_time(up[1m]) >= {WARM_UP_SCRAPES}")) == 2,
+        processes.wait_until(lambda: len(server.query(f"sum_over_time(up[1m]) >= {WARM_UP_SCRAPES}")) == 2,
                              f"{WARM_UP_SCRAPES} scrapes of both endpoints")
         server.workflows = {wf["metadata"]["name"] for wf in json.loads(plans.read_text())}
         yield server
