@@ -21,6 +21,8 @@ from tessera.planner.inventory import Inventory, PowerGroup
 from tessera.planner.queueing import erlang_c_by_servers, wait_quantile
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # batch slots per LLM replica
+COARSE_BATCH_SIZES = (1, 4, 16, 64)  # for graphs of more than LARGE_GRAPH stages, to keep planning within a second
+LARGE_GRAPH = 64
 CONCURRENCY = (1, 8, 64)  # calls in flight per replica of a stage with a measured latency (mostly waiting on I/O)
 MAX_UTILIZATION = 0.95  # the fewest replicas considered keep utilization below this
 EXTRA_REPLICAS = 3  # and up to this many more replicas are considered, to cut queueing
@@ -43,11 +45,7 @@ class StageOption:
     peak_watts_by_class: dict[str, float]  # all devices at TDP (prefill bursts)
     usd_per_hour: float
     draft_class: str | None = None
-
-    @property
-    def watts(self) -> float:
-        return sum(self.watts_by_class.values())
-
+    watts: float = 0.0  # expected draw, all classes together
     def describe(self) -> str:
         draft = f", draft on {self.draft_class}" if self.draft_class else ""
         return f"{self.hardware_class} x{self.replicas} (tp {self.tensor_parallel}, batch {self.batch_size}{draft})"
@@ -70,13 +68,20 @@ class Problem:
     params: cost.CostParameters
     unplaceable: dict[str, str] = field(default_factory=dict)  # stage -> why no candidate exists
 
+    _transfers: dict[tuple[int, str, str], float] = field(default_factory=dict, repr=False)
+
     def transfer_s(self, u: int, sender: str, receiver: str) -> float:
         """Moving stage u's output to a dependent on another class (nothing when both share a class)."""
         if sender == receiver:
             return 0.0
-        stage = self.stages[u]
-        payload = stage.payload_k_b * 1024 * stage.fan_out
-        return cost.transfer_seconds(payload, self.classes[sender], self.classes[receiver], self.params)
+        key = (u, sender, receiver)
+        seconds = self._transfers.get(key)
+        if seconds is None:
+            stage = self.stages[u]
+            payload = stage.payload_k_b * 1024 * stage.fan_out
+            seconds = cost.transfer_seconds(payload, self.classes[sender], self.classes[receiver], self.params)
+            self._transfers[key] = seconds
+        return seconds
 
     def objective_value(self, option: StageOption) -> float:
         """The separable part of the objective (latency is not separable; dollars break its ties)."""
@@ -127,12 +132,13 @@ def _dominated(candidate: StageOption, kept: list[StageOption]) -> bool:
     return any(
         k.usd_per_hour <= candidate.usd_per_hour and k.watts <= candidate.watts
         and k.latency_slo_s <= candidate.latency_slo_s and k.latency_p50_s <= candidate.latency_p50_s
+        and all(n <= candidate.devices.get(c, 0) for c, n in k.devices.items())
         for k in kept
     )
 
 
 def pareto(options: list[StageOption]) -> list[StageOption]:
-    """Drop options beaten on latency, dollars and watts by one on the same classes."""
+    """Drop options beaten on latency, dollars, watts and devices by one on the same classes."""
     groups: dict[tuple[str, str | None], list[StageOption]] = {}
     for opt in options:
         groups.setdefault((opt.hardware_class, opt.draft_class), []).append(opt)
@@ -169,6 +175,7 @@ class _Shape:
 class _StageCosting:
     def __init__(self, spec: AgentWorkflowSpec, inventory: Inventory, params: cost.CostParameters):
         self.spec, self.inventory, self.params = spec, inventory, params
+        self.batch_sizes = BATCH_SIZES if len(spec.stages) <= LARGE_GRAPH else COARSE_BATCH_SIZES
         allowed = set(spec.placement.allowed_classes) or set(inventory.classes)
         self.allowed = sorted(c for c in allowed if c in inventory.classes and inventory.free_devices.get(c, 0) > 0)
 
@@ -234,7 +241,7 @@ class _StageCosting:
         for tp in (tp_min, 2 * tp_min):
             if tp > hw.devices_per_node or tp > free:
                 continue
-            for batch in BATCH_SIZES:
+            for batch in self.batch_sizes:
                 for draft_class in self._draft_classes(sd, name, draft, context, batch):
                     if draft_class is not None and draft_class not in self.inventory.classes:
                         continue
@@ -290,8 +297,10 @@ class _StageCosting:
                     latency_p50_s=stage.iterations * (service + w_med),
                     latency_slo_s=stage.iterations * (service + w_slo),
                     utilization=rho, devices=devices, watts_by_class=watts, peak_watts_by_class=peak,
-                    usd_per_hour=usd, draft_class=shape.draft_class,
+                    usd_per_hour=usd, draft_class=shape.draft_class, watts=sum(watts.values()),
                 ))
+                if w_slo == 0.0 and w_med == 0.0:
+                    break  # no queueing left to cut: more replicas would only cost more
         return pareto(out)
 
 

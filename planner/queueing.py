@@ -9,34 +9,31 @@ from __future__ import annotations
 
 import math
 
-NEGLIGIBLE = 1e-12  # Erlang B below this: waiting is impossible in practice
+import numpy as np
+from scipy.special import gammaln, pdtr
+
+
+
+def erlang_b(servers: np.ndarray, offered_load: float) -> np.ndarray:
+    """Blocking probability of M/M/c/c for each c: the Poisson(a) pmf at c over its cdf up to c."""
+    if offered_load <= 0:
+        return np.zeros(len(servers))
+    cdf = pdtr(servers, offered_load)
+    log_pmf = servers * math.log(offered_load) - offered_load - gammaln(servers + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(cdf > 0, np.minimum(1.0, np.exp(log_pmf) / cdf), 1.0)
 
 
 def erlang_c_by_servers(offered_load: float, server_counts: list[int]) -> dict[int, float]:
-    """Probability that a call waits, for each server count (one pass of the Erlang B recursion).
-
-    ``offered_load`` a = arrival rate x mean service time. Counts with a >= c (unstable) map to 1.
-    """
-    out: dict[int, float] = {}
-    wanted = sorted(set(server_counts))
-    if not wanted:
-        return out
-    erlang_b = 1.0
-    k = 0
-    for c in wanted:
-        while k < c:
-            k += 1
-            erlang_b = offered_load * erlang_b / (k + offered_load * erlang_b)
-            if k > offered_load and erlang_b < NEGLIGIBLE:
-                break  # only shrinks from here on
-        if offered_load >= c:
-            out[c] = 1.0
-        elif erlang_b < NEGLIGIBLE and k <= c:
-            out[c] = 0.0
-        else:
-            rho = offered_load / c
-            out[c] = erlang_b / (1 - rho * (1 - erlang_b))
-    return out
+    """Probability that a call waits, for each server count. ``offered_load`` a = arrival rate x mean
+    service time; counts with a >= c (unstable) map to 1."""
+    counts = np.array(sorted(set(server_counts)), dtype=float)
+    if not len(counts):
+        return {}
+    b = erlang_b(counts, offered_load)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c_prob = np.where(offered_load < counts, b / (1 - offered_load / counts * (1 - b)), 1.0)
+    return {int(c): float(p) for c, p in zip(counts, c_prob)}
 
 
 def erlang_c(servers: int, offered_load: float) -> float:

@@ -9,6 +9,7 @@ provisioned x (1 + oversubscription) and the peak, capped to the all-cap level, 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass
 
@@ -173,6 +174,7 @@ class _Search:
         self.p = problem
         self.slo, self.capacity, self.group_limits = _limits(problem, relax)
         self.n = len(problem.names)
+        self.value = [[_secondary(problem, o) for o in opts] for opts in problem.options]
         self.group_of: list[dict[str, float]] = [
             {c: g.cap_fraction for c in g.classes} for g in problem.groups
         ]
@@ -205,6 +207,14 @@ class _Search:
             if p > lp:
                 excess += (p - lp) / max(1.0, lp)
         return excess
+
+    def over_classes(self, dev, watts) -> set[str]:
+        """Classes whose devices exceed their count, or that draw from an exceeded power group."""
+        hot = {c for c, n in dev.items() if n > self.capacity.get(c, 0)}
+        for g, ((e, p), (le, lp)) in enumerate(zip(watts, self.group_limits)):
+            if e > le or p > lp:
+                hot |= set(self.group_of[g])
+        return hot
 
     def move_fits(self, dev, watts, old, new) -> bool:
         for c, n in new.devices.items():
@@ -252,22 +262,107 @@ def _secondary(problem: Problem, opt) -> float:
     return opt.usd_per_hour if problem.objective is Objective.latency else problem.objective_value(opt)
 
 
-def solve_fast(problem: Problem, relax: Relax = Relax(), time_budget_s: float = 0.5) -> Solution:
+WORK_BUDGET = 150_000  # option evaluations the local search may spend (a count, not a clock: plans are deterministic)
+
+
+def solve_fast(problem: Problem, relax: Relax = Relax(), work_budget: int = WORK_BUDGET) -> Solution:
+    """Start points: a Lagrangian pick (dollars + lambda x latency, with prices on exceeded resources) and,
+    on small graphs, the cheapest and the fastest options; each is repaired, then improved by local search."""
     start = time.perf_counter()
     if any(not opts for opts in problem.options):
         return Solution(None, time.perf_counter() - start)
-    search = _Search(problem, relax)
-    deadline = start + time_budget_s
     best: list[int] | None = None
-    for first_pick in ("cheapest", "fastest"):
-        choice = _initial(problem, first_pick)
+    starts = ["lagrangian"] + (["cheapest", "fastest"] if len(problem.names) <= SMALL_GRAPH else [])
+    budget = _Budget(work_budget)
+    for first_pick in starts:
+        search = _Search(problem, relax)
+        choice = _lagrangian(problem, search) if first_pick == "lagrangian" else _initial(problem, first_pick)
         choice = _repair(problem, search, choice)
         if choice is None:
             continue
-        choice = _improve(problem, search, choice, deadline)
+        choice = _improve(problem, search, choice, budget)
         if best is None or _better(problem, choice, best):
             best = choice
+    if best is not None and problem.objective is not Objective.latency:
+        best = _perturb_and_improve(problem, relax, best, budget)
     return Solution(best, time.perf_counter() - start)
+
+
+def _perturb_and_improve(problem: Problem, relax: Relax, best: list[int], budget: "_Budget") -> list[int]:
+    """Iterated local search: move a few random stages to random options, repair, improve; keep what is better.
+    Finds the moves of several stages at once (free devices on one class for another stage) that single moves miss.
+    Seeded: the same problem gives the same plan."""
+    rng = random.Random(len(problem.names))
+    size = sum(len(opts) for opts in problem.options)
+    while budget.spend(size):
+        trial = list(best)
+        for s in rng.sample(range(len(trial)), min(len(trial), rng.randint(2, 3))):
+            trial[s] = rng.randrange(len(problem.options[s]))
+        search = _Search(problem, relax)
+        repaired = _repair(problem, search, trial)
+        if repaired is None:
+            continue
+        improved = _improve(problem, search, repaired, budget)
+        if _better(problem, improved, best):
+            best = improved
+    return best
+
+
+SMALL_GRAPH = 30  # stages; up to here the fast solver also tries the cheapest and the fastest start
+
+
+def _lagrangian(problem: Problem, search: _Search, rounds: int = 12) -> list[int]:
+    """Per stage the option minimizing value + lam x latency + resource prices, lam bisected to the smallest
+    that meets the SLO; resources over their limit get pricier each round (subgradient steps)."""
+    values = [np.array([_secondary(problem, o) for o in opts]) for opts in problem.options]
+    latency = [np.array([o.latency_slo_s for o in opts]) for opts in problem.options]
+    classes = sorted(search.capacity)
+    devices = [np.array([[o.devices.get(c, 0) for c in classes] for o in opts], dtype=float) for opts in problem.options]
+    group_watts = [np.array([[sum(w for c, w in o.watts_by_class.items() if c in g.classes) for g in problem.groups]
+                             for o in opts]).reshape(len(opts), len(problem.groups)) for opts in problem.options]
+    scale = max(1e-9, float(np.median([v.mean() for v in values])))
+    device_price = np.zeros(len(classes))
+    watt_price = np.zeros(len(problem.groups))
+
+    def pick(lam: float) -> list[int]:
+        return [int(np.argmin(values[s] + lam * latency[s] + devices[s] @ device_price + group_watts[s] @ watt_price))
+                for s in range(search.n)]
+
+    choice = pick(0.0)
+    for _ in range(rounds):
+        if math.isfinite(search.slo) and problem.critical_path(choice)[0] > search.slo:
+            lo, hi = 0.0, scale
+            while problem.critical_path(pick(hi))[0] > search.slo and hi < scale * 1e6:
+                lo, hi = hi, hi * 8
+            for _ in range(14):
+                mid = (lo + hi) / 2
+                if problem.critical_path(pick(mid))[0] > search.slo:
+                    lo = mid
+                else:
+                    hi = mid
+            choice = pick(hi)
+        dev, watts = search.usage(choice)
+        over_devices = np.array([max(0.0, dev.get(c, 0) - search.capacity[c]) / max(1.0, search.capacity[c])
+                                 if math.isfinite(search.capacity[c]) else 0.0 for c in classes])
+        over_watts = np.array([max(0.0, e - le) / max(1.0, le) if math.isfinite(le) else 0.0
+                               for (e, _), (le, _) in zip(watts, search.group_limits)])
+        if not over_devices.any() and not over_watts.any():
+            break
+        device_price += over_devices * scale
+        if over_watts.any():
+            watt_price += over_watts * scale / max(1.0, float(np.mean([w.mean() for w in group_watts])))
+        choice = pick(0.0)
+    return choice
+
+
+class _Budget:
+    def __init__(self, units: int):
+        self.left = units
+
+    def spend(self, units: int) -> bool:
+        """False once the budget is used up."""
+        self.left -= units
+        return self.left > 0
 
 
 def _better(problem: Problem, a: list[int], b: list[int]) -> bool:
@@ -287,9 +382,12 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
     dev, watts = search.usage(choice)
     excess = search.violation(dev, watts)
     while excess > 0:
+        hot = search.over_classes(dev, watts)
         best_move, best_score = None, 0.0
         for s in range(search.n):
             old = problem.options[s][choice[s]]
+            if hot.isdisjoint(old.devices):
+                continue  # moving this stage cannot relieve an exceeded limit
             for o, new in enumerate(problem.options[s]):
                 if o == choice[s]:
                     continue
@@ -337,14 +435,15 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
     return choice
 
 
-def _improve(problem: Problem, search: _Search, choice: list[int], deadline: float) -> list[int]:
+def _improve(problem: Problem, search: _Search, choice: list[int], budget: "_Budget") -> list[int]:
     """Local search: single-stage moves that lower the objective and keep every constraint, then
     upgrade-one/downgrade-others moves on the critical path, until nothing improves or time is up."""
     if problem.objective is Objective.latency:
-        return _improve_latency(problem, search, choice, deadline)
-    while time.perf_counter() < deadline:
+        return _improve_latency(problem, search, choice, budget)
+    size = sum(len(opts) for opts in problem.options)
+    while budget.spend(size):
         changed = _descend(problem, search, choice)
-        if not _trade(problem, search, choice, deadline) and not changed:
+        if not _trade(problem, search, choice, budget) and not changed:
             break
     return choice
 
@@ -359,12 +458,12 @@ def _descend(problem: Problem, search: _Search, choice: list[int], frozen: int |
         if s == frozen:
             continue
         old = problem.options[s][choice[s]]
-        best_o, best_value = None, _secondary(problem, old)
-        for o, new in enumerate(problem.options[s]):
-            value = _secondary(problem, new)
-            if value >= best_value - 1e-12 or not search.move_fits(dev, watts, old, new):
+        best_o, best_value = None, search.value[s][choice[s]]
+        for o, value in enumerate(search.value[s]):
+            if value >= best_value - 1e-12:
                 continue
-            if search.through(choice, head, tail, s, new) <= search.slo * (1 + 1e-9):
+            new = problem.options[s][o]
+            if search.through(choice, head, tail, s, new) <= search.slo * (1 + 1e-9) and search.move_fits(dev, watts, old, new):
                 best_o, best_value = o, value
         if best_o is not None:
             search._add(dev, watts, old, -1)
@@ -375,15 +474,16 @@ def _descend(problem: Problem, search: _Search, choice: list[int], frozen: int |
     return changed
 
 
-def _trade(problem: Problem, search: _Search, choice: list[int], deadline: float) -> bool:
+def _trade(problem: Problem, search: _Search, choice: list[int], budget: "_Budget") -> bool:
     """Speed up one stage on the critical path if the slack it frees lets others get cheaper by more."""
     current = objective_of(problem, choice)
     dev, watts = search.usage(choice)
     _, path = problem.critical_path(choice)
+    size = sum(len(opts) for opts in problem.options)
     for s in path:
         old = problem.options[s][choice[s]]
         for o, new in enumerate(problem.options[s]):
-            if time.perf_counter() > deadline:
+            if budget.left <= 0:
                 return False
             if new.latency_slo_s >= old.latency_slo_s or not search.move_fits(dev, watts, old, new):
                 continue
@@ -391,6 +491,7 @@ def _trade(problem: Problem, search: _Search, choice: list[int], deadline: float
             trial[s] = o
             if problem.critical_path(trial)[0] > search.slo * (1 + 1e-9):
                 continue
+            budget.spend(size)
             _descend(problem, search, trial, frozen=s)
             if objective_of(problem, trial) < current - 1e-9:
                 choice[:] = trial
@@ -398,9 +499,10 @@ def _trade(problem: Problem, search: _Search, choice: list[int], deadline: float
     return False
 
 
-def _improve_latency(problem: Problem, search: _Search, choice: list[int], deadline: float) -> list[int]:
+def _improve_latency(problem: Problem, search: _Search, choice: list[int], budget: "_Budget") -> list[int]:
     dev, watts = search.usage(choice)
-    while time.perf_counter() < deadline:
+    size = sum(len(opts) for opts in problem.options)
+    while budget.spend(size):
         length, path = problem.critical_path(choice)
         head, tail = search.paths(choice)
         best_move, best_gain = None, 1e-12
