@@ -62,12 +62,12 @@ class Prometheus:
     def query(self, expr: str) -> list[dict]:
         return self.get("/api/v1/query", query=expr)["result"]
 
-    def wait_for(self, expr: str) -> list[dict]:
-        """The query's samples with a finite value, waiting up to DATA_TIMEOUT_SECONDS for some."""
+    def wait_for(self, expr: str, enough=bool) -> list[dict]:
+        """The query's samples with a finite value, waiting up to DATA_TIMEOUT_SECONDS until they are enough."""
         deadline = time.monotonic() + DATA_TIMEOUT_SECONDS
         while True:
             finite = [s for s in self.query(expr) if math.isfinite(float(s["value"][1]))]
-            if finite or time.monotonic() > deadline:
+            if enough(finite) or time.monotonic() > deadline:
                 return finite
             time.sleep(SCRAPE_SECONDS)
 
@@ -183,7 +183,8 @@ def test_rules_evaluate_and_the_operator_is_not_reported_down(prometheus):
         time.sleep(SCRAPE_SECONDS)
     assert len(rules) == sum(len(g["rules"]) for g in yaml.safe_load(RULES_FILE.read_text())["groups"])
     assert [r["name"] for r in rules if r["health"] != "ok"] == []
-    ratios = prometheus.wait_for("tessera:request_slo_error_ratio:rate5m")
+    ratios = prometheus.wait_for("tessera:request_slo_error_ratio:rate5m",
+                                 lambda samples: len(samples) == len(prometheus.workflows))
     assert {s["metric"]["workflow"] for s in ratios} == prometheus.workflows == {"chat", "rag-assistant", "text2sql"}
     assert all(0 <= float(s["value"][1]) <= 1 for s in ratios)
     assert prometheus.query('ALERTS{alertname="TesseraOperatorDown"}') == []
