@@ -256,6 +256,8 @@ class _StageCosting:
         return shapes
 
     def options(self, stage: Stage, shapes: list[_Shape]) -> list[StageOption]:
+        """Every shape at the replica counts that keep up with the rate; ``self.shortfall`` says why when none does."""
+        self.shortfall: tuple[int, str, int] | None = None  # (devices needed, class, free) of the smallest shape
         slo = self.spec.slo
         rate = slo.requests_per_second * stage.fan_out * stage.iterations
         q_slo = (slo.percentile / 100) ** (1 / stage.fan_out)  # the slowest of fan_out parallel calls
@@ -271,6 +273,9 @@ class _StageCosting:
             if shape.draft_class is not None:
                 r_max = min(r_max, self.inventory.free_devices.get(shape.draft_class, 0))
             if r_max < r_min:
+                need = (r_min * shape.tp, shape.hw_name, free)
+                if self.shortfall is None or need < self.shortfall:
+                    self.shortfall = need
                 continue
             counts = list(range(r_min, r_max + 1))
             waiting = erlang_c_by_servers(load, [r * shape.batch for r in counts])
@@ -326,7 +331,13 @@ def build_problem(spec: AgentWorkflowSpec, inventory: Inventory, objective: Obje
         shapes, why_shapes = costing.shapes(stage, classes) if classes else ([], why)
         opts = costing.options(stage, shapes) if shapes else []
         if not opts:
-            unplaceable[stage.name] = why_shapes or why or "too few free devices for one replica on any allowed class"
+            reason = why_shapes or why
+            if reason is None and costing.shortfall is not None:
+                need, cls, free = costing.shortfall
+                rate = spec.slo.requests_per_second * stage.fan_out * stage.iterations
+                reason = (f"keeping up with {rate:g} calls/s needs at least {need} devices of {cls} "
+                          f"(the fewest of any allowed class), {free} free")
+            unplaceable[stage.name] = reason or "no allowed class can run it"
         options.append(opts)
     preds = [[index[d] for d in s.depends_on if d in index] for s in stages]
     succs: list[list[int]] = [[] for _ in stages]
