@@ -29,7 +29,7 @@ def round_hw() -> HardwareClassSpec:
     """100 TFLOP/s, 1000 GB/s, 100 GB/s interconnect, 80 Gbit/s network, 500 W TDP, 100 W idle, $2/h."""
     return HardwareClassSpec(
         vendor="Test", generation="Round", peak_tflops={Dtype.bf16: 100}, memory_gi_b=80, memory_bandwidth_g_bps=1000,
-        interconnect_g_bps=100, network_gbps=80, tdp_watts=500, idle_watts=100, usd_per_hour=2.0, devices_per_node=8,
+        interconnect_g_bps=100, network_g_bps=80, tdp_watts=500, idle_watts=100, usd_per_hour=2.0, devices_per_node=8,
     )
 
 
