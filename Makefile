@@ -35,7 +35,7 @@ $(TOOLS): .ci/tools.sh
 	touch $@
 
 crds: $(STAMP)
-	$(VENV)/bin/tessera crds -o crds/
+	$(VENV)/bin/tessera crds -o crds/ -o charts/tessera/files/crds/
 
 clean:
 	rm -rf $(VENV) .tools
