@@ -18,6 +18,7 @@ from tessera.cli.errors import UserError
 SUBCOMMAND_MODULES = [
     "validate",
     "crds",
+    "operator",
     "plan",
     "simulate",
     "text2sql",

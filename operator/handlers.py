@@ -215,8 +215,9 @@ async def reconcile(body: Mapping[str, Any], state: OperatorState, logger: loggi
             async with state.plan_lock:  # planning and recording what the plan holds, one workflow at a time
                 snapshot = state.snapshot()
                 holdings = state.holdings_view(snapshot, state.workflows())
-                desired = desired_state(body, snapshot, holdings, state.fingerprints.get(key), actual_child,
-                                        state.settings)
+                # In a thread: the planner is CPU-bound, and kopf's watches must keep flowing meanwhile.
+                desired = await asyncio.to_thread(desired_state, body, snapshot, holdings, state.fingerprints.get(key),
+                                                  actual_child, state.settings)
                 freed = _shrinks(holdings.get(key), desired.holding)
                 state.holdings[key] = desired.holding
                 if desired.fingerprint:

@@ -25,6 +25,7 @@ pass (conflicts, server errors, a missing KubeRay CRD), ``kopf.PermanentError`` 
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -128,7 +129,8 @@ class KubeAPI:
         now = datetime.now(timezone.utc)
         event = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+            # A name like the API server's generateName makes (kubectl does the same for its events).
+            "metadata": {"name": f"{meta.get('name')}.{time.time_ns():x}", "namespace": meta.get("namespace")},
             "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
                                "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
             "type": type_, "reason": reason, "message": message[:1024],

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp.test_utils
 import attrs
 import kmock
 import yaml
@@ -187,6 +188,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return listing
 
 
+class _QuickClosingServer(aiohttp.test_utils.RawTestServer):
+    """Closes at once: a killed operator's watch connections must not hold the shutdown for a minute."""
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> Any:
+        return await super()._make_runner(debug=debug, shutdown_timeout=0.5, **kwargs)
+
+
 def _replacement_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The JSON merge patch that turns ``old`` into ``new`` (None deletes a key)."""
     patch: dict[str, Any] = {key: None for key in old if key not in new}
@@ -271,7 +279,7 @@ class EmulatedCluster:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        async with ClusterEmulator() as emulator, kmock.Server(emulator) as server:
+        async with ClusterEmulator() as emulator, kmock.Server(emulator, server_cls=_QuickClosingServer) as server:
             self.emulator = emulator
             self.crds = register_tessera_resources(emulator)
             for crd in self.crds:  # kopf and kubectl see the CRDs as objects, too
@@ -315,7 +323,7 @@ class EmulatedCluster:
     def requests_matching(self, method: str, path_fragment: str) -> int:
         """How many requests the emulator received so far with this method and a path containing the fragment."""
         assert self.emulator is not None
-        return sum(1 for r in list(self.emulator.requests)
+        return sum(1 for r in list(self.emulator)  # a kmock handler iterates over the requests it received
                    if r.method == method.upper() and path_fragment in str(r.url.path))
 
     # --- a small synchronous client (plain HTTP, independent of the operator's code) --------------------
