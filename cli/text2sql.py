@@ -194,7 +194,8 @@ def _summary(values: list[float]) -> dict:
             "max": round(max(values), 1)}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, engine=None) -> dict:
+    """The benchmark's JSON; ``engine``: an LLMEngine already loaded (default: load SmolLM2-135M)."""
     if not 1 <= args.candidates <= 16:
         raise UserError(f"--candidates: must be between 1 and 16, got {args.candidates}")
     if args.threads < 1:
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> dict:
     from tessera.workers.text2sql.pipeline import DirectStages, Text2SQLPipeline, Text2SQLRequest
     from tessera.workers.text2sql.sandbox import SQLError, SQLSandbox, result_key
 
-    engine = LLMEngine.load_default(threads=args.threads)
+    engine = engine or LLMEngine.load_default(threads=args.threads)
     stages = DirectStages(engine, ensure_built(), n_candidates=args.candidates)
     pipeline = Text2SQLPipeline(stages, max_revisions=args.max_revisions)
     errors: dict[str, Counter] = {"singleShot": Counter(), "pipeline": Counter()}

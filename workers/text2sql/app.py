@@ -305,7 +305,8 @@ def build_app(args: dict[str, Any] | None = None):
             options["ray_actor_options"] = stage_args.ray_actor_options
         return deployment.options(**options).bind(stage_args.hardware_class, cfg.policy, *init_args)
 
-    return Text2SQLIngress.options(name="text2sql").bind(
+    # The ingress only awaits handles: it takes no CPU from the stages' replicas.
+    return Text2SQLIngress.options(name="text2sql", ray_actor_options={"num_cpus": 0}).bind(
         deploy(SchemaLinkingStage, "schema_linking"),
         deploy(CandidateGenerationStage, "candidate_generation", fewshot_dir, cfg.n_candidates),
         deploy(ExecutionStage, "execution"),

@@ -1,0 +1,97 @@
+"""The pipeline with the real SmolLM2 model: in-process, through the benchmark, and on a local Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import urllib.request
+
+import pytest
+
+from tessera.workers.text2sql.sandbox import SQLSandbox
+
+QUESTION = "List the names of all customers who live in Paris."
+GOLD = "SELECT name FROM customers WHERE city = 'Paris'"
+
+
+@pytest.mark.model
+def test_the_direct_pipeline_answers_with_the_right_rows(llm_engine, t2s_dbs):
+    from tessera.workers.text2sql.pipeline import DirectStages, Text2SQLPipeline, Text2SQLRequest
+
+    db = t2s_dbs / "store.sqlite"
+    pipeline = Text2SQLPipeline(DirectStages(llm_engine, t2s_dbs, n_candidates=2))
+    answer = asyncio.run(pipeline.answer(Text2SQLRequest.make(QUESTION, db, slo_s=300)))
+    out = answer.to_json()
+    assert set(out) >= {"sql", "columns", "rows", "stages", "latencyMs"}
+    assert [s["name"] for s in out["stages"]] == ["schema_linking", "candidate_generation", "execution",
+                                                  "self_correction", "selection"]
+    gold = SQLSandbox(db).execute(GOLD).result_key
+    assert sorted(map(tuple, out["rows"])) == sorted(gold)
+    assert out["sql"].upper().startswith("SELECT")
+
+
+@pytest.mark.model
+def test_the_benchmark_reports_both_accuracies_on_a_question_file(llm_engine, t2s_dbs, tmp_path):
+    from tessera.cli import text2sql
+
+    questions = tmp_path / "mine.json"
+    questions.write_text(json.dumps([
+        {"db": "store.sqlite", "question": QUESTION, "sql": GOLD},
+        {"db": "library.sqlite", "question": "How many books are there?", "sql": "SELECT COUNT(*) FROM books"},
+    ]))
+    parser = argparse.ArgumentParser()
+    text2sql.add_arguments(parser)
+    args = parser.parse_args(["--questions", str(questions), "--db-dir", str(t2s_dbs), "--candidates", "1"])
+    result = text2sql.run(args, engine=llm_engine)
+    assert result["questions"] == 2
+    assert {"singleShotAccuracy", "pipelineAccuracy", "stageLatencyMs", "refusedStatements"} <= set(result)
+    assert 0.0 <= result["singleShotAccuracy"] <= 1.0
+    assert result["pipelineAccuracy"] >= 0.5  # the first question is answered right (test above)
+    assert result["stageLatencyMs"]["candidate_generation"]["mean"] > 0
+    json.dumps(result)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.model
+@pytest.mark.ray
+@pytest.mark.e2e
+def test_the_serve_app_answers_over_a_handle_and_over_http(ray_local, t2s_dbs):
+    from ray import serve
+
+    from tessera.workers.text2sql.app import build_app
+    from tessera.workers.text2sql.pipeline import STAGES
+
+    db = t2s_dbs / "store.sqlite"
+    light = {"rayActorOptions": {"num_cpus": 0}}
+    app = build_app({"db": str(db), "fewshotDbDir": str(t2s_dbs), "nCandidates": 1, "maxRevisions": 1,
+                     "policy": "wb-urgency", "alpha": 0.3, "stages": {s: light for s in STAGES}})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    handle = serve.run(app, name="text2sql-test", route_prefix="/text2sql-test")
+    try:
+        out = handle.answer.remote(QUESTION, priority=2).result(timeout_s=600)
+        gold = SQLSandbox(db).execute(GOLD).result_key
+        assert sorted(map(tuple, out["rows"])) == sorted(gold)
+        assert [s["name"] for s in out["stages"]][0] == "schema_linking" and out["latencyMs"] > 0
+
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/text2sql-test", method="POST",
+                                         data=json.dumps({"question": QUESTION}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            over_http = json.loads(response.read())
+        assert sorted(map(tuple, over_http["rows"])) == sorted(gold)
+
+        bad = urllib.request.Request(f"http://127.0.0.1:{port}/text2sql-test", method="POST",
+                                     data=b'{"question": ""}', headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=60)
+        assert err.value.code == 400 and "question" in err.value.read().decode()
+    finally:
+        serve.delete("text2sql-test")
