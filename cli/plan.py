@@ -12,8 +12,6 @@ from tessera.cli.errors import UserError
 
 INFEASIBLE_EXIT = 3
 
-JSON_KEYS = ("feasible", "objective", "stages", "predicted", "bindingConstraints", "solveSeconds")
-STAGE_KEYS = ("hardwareClass", "replicas", "tensorParallel", "predictedLatencyMs", "watts", "usdPerHour")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

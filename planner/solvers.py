@@ -272,12 +272,13 @@ def solve_fast(problem: Problem, relax: Relax = Relax(), work_budget: int = WORK
     if any(not opts for opts in problem.options):
         return Solution(None, time.perf_counter() - start)
     best: list[int] | None = None
-    starts = ["lagrangian"] + (["cheapest", "fastest"] if len(problem.names) <= SMALL_GRAPH else [])
     budget = _Budget(work_budget)
-    for first_pick in starts:
+    candidates = _lagrangian(problem, _Search(problem, relax))
+    if len(problem.names) <= SMALL_GRAPH:
+        candidates += [_initial(problem, "cheapest"), _initial(problem, "fastest")]
+    for candidate in candidates:
         search = _Search(problem, relax)
-        choice = _lagrangian(problem, search) if first_pick == "lagrangian" else _initial(problem, first_pick)
-        choice = _repair(problem, search, choice)
+        choice = _repair(problem, search, list(candidate))
         if choice is None:
             continue
         choice = _improve(problem, search, choice, budget)
@@ -296,8 +297,12 @@ def _perturb_and_improve(problem: Problem, relax: Relax, best: list[int], budget
     size = sum(len(opts) for opts in problem.options)
     while budget.spend(size):
         trial = list(best)
-        for s in rng.sample(range(len(trial)), min(len(trial), rng.randint(2, 3))):
-            trial[s] = rng.randrange(len(problem.options[s]))
+        cheapest = rng.random() < 0.5  # half the kicks drop stages to their cheapest option, for repair to re-spend
+        for s in rng.sample(range(len(trial)), min(len(trial), rng.randint(2, 4))):
+            if cheapest:
+                trial[s] = min(range(len(problem.options[s])), key=lambda o: (_secondary(problem, problem.options[s][o]), o))
+            else:
+                trial[s] = rng.randrange(len(problem.options[s]))
         search = _Search(problem, relax)
         repaired = _repair(problem, search, trial)
         if repaired is None:
@@ -311,10 +316,12 @@ def _perturb_and_improve(problem: Problem, relax: Relax, best: list[int], budget
 SMALL_GRAPH = 30  # stages; up to here the fast solver also tries the cheapest and the fastest start
 
 
-def _lagrangian(problem: Problem, search: _Search, rounds: int = 12) -> list[int]:
-    """Per stage the option minimizing value + lam x latency + resource prices, lam bisected to the smallest
-    that meets the SLO; resources over their limit get pricier each round (subgradient steps)."""
-    values = [np.array([_secondary(problem, o) for o in opts]) for opts in problem.options]
+def _lagrangian(problem: Problem, search: _Search, rounds: int = 12, reweightings: int = 4) -> list[list[int]]:
+    """Per stage the option minimizing value + lam x w[s] x latency + resource prices, lam bisected to the
+    smallest that meets the SLO; resources over their limit get pricier each round (subgradient steps).
+    Then the stage weights w follow criticality (the longest path through a stage over the longest path,
+    to the 4th power), so slack off the critical path buys cheaper options. Returns every pick made."""
+    values = [np.array(v) for v in search.value]
     latency = [np.array([o.latency_slo_s for o in opts]) for opts in problem.options]
     classes = sorted(search.capacity)
     devices = [np.array([[o.devices.get(c, 0) for c in classes] for o in opts], dtype=float) for opts in problem.options]
@@ -323,24 +330,28 @@ def _lagrangian(problem: Problem, search: _Search, rounds: int = 12) -> list[int
     scale = max(1e-9, float(np.median([v.mean() for v in values])))
     device_price = np.zeros(len(classes))
     watt_price = np.zeros(len(problem.groups))
+    weight = np.ones(search.n)
 
     def pick(lam: float) -> list[int]:
-        return [int(np.argmin(values[s] + lam * latency[s] + devices[s] @ device_price + group_watts[s] @ watt_price))
-                for s in range(search.n)]
+        return [int(np.argmin(values[s] + lam * weight[s] * latency[s] + devices[s] @ device_price
+                              + group_watts[s] @ watt_price)) for s in range(search.n)]
 
-    choice = pick(0.0)
+    def meet_slo(choice: list[int]) -> list[int]:
+        if not math.isfinite(search.slo) or problem.critical_path(choice)[0] <= search.slo:
+            return choice
+        lo, hi = 0.0, scale
+        while problem.critical_path(pick(hi))[0] > search.slo and hi < scale * 1e6:
+            lo, hi = hi, hi * 8
+        for _ in range(14):
+            mid = (lo + hi) / 2
+            if problem.critical_path(pick(mid))[0] > search.slo:
+                lo = mid
+            else:
+                hi = mid
+        return pick(hi)
+
+    choice = meet_slo(pick(0.0))
     for _ in range(rounds):
-        if math.isfinite(search.slo) and problem.critical_path(choice)[0] > search.slo:
-            lo, hi = 0.0, scale
-            while problem.critical_path(pick(hi))[0] > search.slo and hi < scale * 1e6:
-                lo, hi = hi, hi * 8
-            for _ in range(14):
-                mid = (lo + hi) / 2
-                if problem.critical_path(pick(mid))[0] > search.slo:
-                    lo = mid
-                else:
-                    hi = mid
-            choice = pick(hi)
         dev, watts = search.usage(choice)
         over_devices = np.array([max(0.0, dev.get(c, 0) - search.capacity[c]) / max(1.0, search.capacity[c])
                                  if math.isfinite(search.capacity[c]) else 0.0 for c in classes])
@@ -351,8 +362,20 @@ def _lagrangian(problem: Problem, search: _Search, rounds: int = 12) -> list[int
         device_price += over_devices * scale
         if over_watts.any():
             watt_price += over_watts * scale / max(1.0, float(np.mean([w.mean() for w in group_watts])))
-        choice = pick(0.0)
-    return choice
+        choice = meet_slo(pick(0.0))
+    picks = [choice]
+    if not math.isfinite(search.slo):
+        return picks
+    for _ in range(reweightings):
+        head, tail = search.paths(choice)
+        longest = max(head)
+        through = np.array([head[s] + tail[s] for s in range(search.n)])
+        weight = np.maximum(1e-3, through / max(longest, 1e-12)) ** 4
+        choice = meet_slo(pick(0.0))
+        if choice in picks:
+            break
+        picks.append(choice)
+    return picks
 
 
 class _Budget:
@@ -448,14 +471,14 @@ def _improve(problem: Problem, search: _Search, choice: list[int], budget: "_Bud
     return choice
 
 
-def _descend(problem: Problem, search: _Search, choice: list[int], frozen: int | None = None) -> bool:
+def _descend(problem: Problem, search: _Search, choice: list[int], frozen: frozenset[int] = frozenset()) -> bool:
     """Move each stage (most expensive first, ``frozen`` excepted) to its cheapest option that keeps every constraint."""
     dev, watts = search.usage(choice)
     head, tail = search.paths(choice)
     changed = False
     order = sorted(range(search.n), key=lambda s: -_secondary(problem, problem.options[s][choice[s]]))
     for s in order:
-        if s == frozen:
+        if s in frozen:
             continue
         old = problem.options[s][choice[s]]
         best_o, best_value = None, search.value[s][choice[s]]
@@ -475,28 +498,63 @@ def _descend(problem: Problem, search: _Search, choice: list[int], frozen: int |
 
 
 def _trade(problem: Problem, search: _Search, choice: list[int], budget: "_Budget") -> bool:
-    """Speed up one stage on the critical path if the slack it frees lets others get cheaper by more."""
+    """Speed up one stage on the critical path if the slack it frees lets others get cheaper by more; first
+    on the plan as it is, then on the plan with every stage reshaped to its fastest as-cheap option."""
     current = objective_of(problem, choice)
-    dev, watts = search.usage(choice)
-    _, path = problem.critical_path(choice)
     size = sum(len(opts) for opts in problem.options)
-    for s in path:
-        old = problem.options[s][choice[s]]
-        for o, new in enumerate(problem.options[s]):
+    bases = [(list(choice), frozenset())]
+    tightened = _tighten(problem, search, choice, range(search.n))
+    if tightened is not None:
+        bases.append(tightened)
+    for base, moved in bases:
+        dev, watts = search.usage(base)
+        _, path = problem.critical_path(base)
+        trials = [(base, moved)]  # the base alone, then each faster option of each critical stage on it
+        for s in path:
+            old = problem.options[s][base[s]]
+            for o, new in enumerate(problem.options[s]):
+                if new.latency_slo_s < old.latency_slo_s and search.move_fits(dev, watts, old, new):
+                    trials.append((base[:s] + [o] + base[s + 1:], moved | {s}))
+        for trial, frozen in trials:
             if budget.left <= 0:
                 return False
-            if new.latency_slo_s >= old.latency_slo_s or not search.move_fits(dev, watts, old, new):
-                continue
-            trial = list(choice)
-            trial[s] = o
             if problem.critical_path(trial)[0] > search.slo * (1 + 1e-9):
                 continue
             budget.spend(size)
-            _descend(problem, search, trial, frozen=s)
+            trial = list(trial)
+            _descend(problem, search, trial, frozen=frozenset(frozen))
             if objective_of(problem, trial) < current - 1e-9:
                 choice[:] = trial
                 return True
     return False
+
+
+NEUTRAL = 0.002  # an option costing at most 0.2 % more counts as "as cheap" when it is faster
+
+
+def _tighten(problem: Problem, search: _Search, choice: list[int], stages):
+    """Each of ``stages`` to its fastest option that is about as cheap (another tp, batch or replica count),
+    freeing slack that the other stages can spend on cheaper options. None when nothing moves."""
+    trial = list(choice)
+    dev, watts = search.usage(trial)
+    moved = set()
+    for s in stages:
+        old = problem.options[s][trial[s]]
+        ceiling = search.value[s][trial[s]] * (1 + NEUTRAL)
+        best_o = None
+        for o, new in enumerate(problem.options[s]):
+            if (search.value[s][o] <= ceiling and new.latency_slo_s < old.latency_slo_s * 0.99
+                    and (best_o is None or new.latency_slo_s < problem.options[s][best_o].latency_slo_s)
+                    and search.move_fits(dev, watts, old, new)):
+                best_o = o
+        if best_o is not None:
+            search._add(dev, watts, old, -1)
+            search._add(dev, watts, problem.options[s][best_o], 1)
+            trial[s] = best_o
+            moved.add(s)
+    if not moved or problem.critical_path(trial)[0] > search.slo * (1 + 1e-9):
+        return None
+    return trial, frozenset(moved)
 
 
 def _improve_latency(problem: Problem, search: _Search, choice: list[int], budget: "_Budget") -> list[int]:
