@@ -8,11 +8,14 @@ carry it between replicas.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tessera.api import metrics as catalogue
+from tessera.workers.metrics import make_metric
 from tessera.workers.text2sql import prompts
 from tessera.workers.text2sql.grammar import GrammarSpec, SQLGrammarProcessor, sql_pattern
 from tessera.workers.text2sql.sandbox import ExecutionResult, SQLError, SQLSandbox
@@ -135,9 +138,11 @@ class SQLExecutor:
                 done.append(Candidate(cand.sql, cand.mean_logprob, cand.origin, first.result, first.error,
                                       first.error_kind))
                 continue
+            make_metric(catalogue.WORKER_SQL_CANDIDATES).inc()
             try:
                 cand = Candidate(cand.sql, cand.mean_logprob, cand.origin, sandbox.execute(cand.sql))
             except SQLError as err:
+                make_metric(catalogue.WORKER_SQL_ERRORS).labels(kind=err.kind).inc()
                 cand = Candidate(cand.sql, cand.mean_logprob, cand.origin, None, str(err), err.kind)
             seen[cand.sql] = cand
             done.append(cand)
@@ -149,7 +154,20 @@ class Selection:
     chosen: Candidate
     votes: int
     groups: int = 0
-    scores: dict[str, float] = field(default_factory=dict)
+
+
+def malformed(sql: str) -> bool:
+    """A query that runs but cannot be a sensible answer: it groups by a column it does not return,
+    or returns one column twice (a small model's habit of listing columns until it stops)."""
+    match = re.match(r"\s*SELECT\s+(?:DISTINCT\s+)?(.*?)\s+FROM\s", sql, re.I | re.S)
+    if not match:
+        return False
+    items = [re.sub(r"\s+AS\s+\w+$", "", i.strip(), flags=re.I).lower() for i in match.group(1).split(",")]
+    if len(items) != len(set(items)):
+        return True
+    group = re.search(r"\bGROUP\s+BY\s+(.*?)(?:\s+HAVING\b|\s+ORDER\b|\s+LIMIT\b|$)", sql, re.I | re.S)
+    bare = {i.split(".")[-1] for i in items}
+    return bool(group) and any(g.strip().lower().split(".")[-1] not in bare for g in group.group(1).split(","))
 
 
 class Selector:
@@ -157,6 +175,7 @@ class Selector:
 
     A result with no rows counts half a vote: a tiny model's over-tight filter often
     agrees with itself on "nothing", which is rarely the answer a question expects.
+    A malformed query's vote counts a quarter.
     """
 
     def select(self, candidates: list[Candidate]) -> Selection:
@@ -171,7 +190,8 @@ class Selector:
 
         def score(members: list[Candidate]) -> tuple[float, float]:
             weight = 0.5 if not members[0].result.rows else 1.0
-            return (weight * len(members), max(c.mean_logprob for c in members))
+            votes = sum(0.25 if malformed(c.sql) else 1.0 for c in members)
+            return (weight * votes, max(c.mean_logprob for c in members))
 
         best = max(groups.values(), key=score)
         return Selection(max(best, key=lambda c: c.mean_logprob), len(best), len(groups))

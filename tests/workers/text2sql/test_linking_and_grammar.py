@@ -66,3 +66,34 @@ def test_examples_are_picked_by_the_shape_of_the_question(t2s_dbs):
 def test_extract_sql_from_free_text():
     assert extract_sql("Sure! ```sql\nSELECT a FROM t;\n``` done") == "SELECT a FROM t"
     assert extract_sql("The query is SELECT 1; and more") == "SELECT 1"
+
+
+def test_selection_votes_by_execution_result_and_breaks_ties_by_likelihood():
+    from tessera.workers.text2sql.sandbox import ExecutionResult, result_key
+    from tessera.workers.text2sql.stages import Candidate, Selector
+
+    def ran(sql, rows, logprob):
+        return Candidate(sql, logprob, "sample", ExecutionResult(["x"], rows, False, 0.0, result_key(rows)))
+
+    a1, a2 = ran("SELECT a FROM t", [(1,), (2,)], -0.9), ran("SELECT a FROM t ORDER BY a", [(2,), (1,)], -0.5)
+    b = ran("SELECT b FROM t", [(3,)], -0.1)
+    failed = Candidate("SELECT nope FROM t", 0.0, "greedy", None, "no such column: nope", "no_such_column")
+    chosen = Selector().select([b, a1, failed, a2])
+    assert chosen.chosen is a2 and chosen.votes == 2  # two agree on {1, 2}; the likelier of them wins
+    assert Selector().select([b, ran("SELECT c FROM t", [(4,)], -0.2)]).chosen is b  # a tie: likelihood
+    empty = [ran("SELECT a FROM t WHERE 0", [], -0.3), ran("SELECT a FROM t WHERE 1 = 0", [], -0.4)]
+    assert Selector().select(empty + [b]).chosen is b  # two empty answers count one vote: a tie, and b is likelier
+    assert Selector().select([failed]).votes == 0
+
+
+def test_a_malformed_query_counts_less():
+    from tessera.workers.text2sql.sandbox import ExecutionResult, result_key
+    from tessera.workers.text2sql.stages import Candidate, Selector, malformed
+
+    assert malformed("SELECT SUM(stock) FROM products GROUP BY category")
+    assert malformed("SELECT name, price, name FROM products")
+    assert not malformed("SELECT category, SUM(stock) FROM products GROUP BY products.category")
+    rows1, rows2 = [(1,)], [(2,)]
+    bad = Candidate("SELECT SUM(s) FROM p GROUP BY c", -0.1, "greedy", ExecutionResult(["x"], rows1, False, 0, result_key(rows1)))
+    good = Candidate("SELECT c, SUM(s) FROM p GROUP BY c", -0.9, "sample", ExecutionResult(["x"], rows2, False, 0, result_key(rows2)))
+    assert Selector().select([bad, good]).chosen is good
