@@ -78,6 +78,7 @@ def optimality_gap(args, base: Inventory) -> dict:
         "gapMedianPct": statistics.median(gaps) if gaps else None,
         "gapMeanPct": statistics.fmean(gaps) if gaps else None,
         "gapMaxPct": max(gaps) if gaps else None,
+        "instancesOver3Pct": sum(g > GAP_GOAL_MAX_PCT for g in gaps),
         "fastInfeasibleWhereExactFeasible": fast_missed,
         "exactInfeasible": exact_infeasible,
     }
@@ -146,8 +147,9 @@ def run(args: argparse.Namespace) -> dict:
         "gapMedian0Pct": result["gapMedianPct"] is not None and result["gapMedianPct"] <= GAP_GOAL_MEDIAN_PCT + 1e-9,
         "gapMaxAtMost3Pct": result["gapMaxPct"] is not None and result["gapMaxPct"] <= GAP_GOAL_MAX_PCT
         and result["fastInfeasibleWhereExactFeasible"] == 0,
-        "fast200StagesAtMost1s": result["fastSeconds200Stages"] <= FAST_GOAL_S,
-        "exact20StagesAtMost10s": result["exactSeconds20Stages"] <= EXACT_GOAL_S,
+        "fast200StagesAtMost1sWall": result["fastSeconds200Stages"] <= FAST_GOAL_S,
+        "fast200StagesAtMost1sCpu": result["fastCpuSeconds200Stages"] <= FAST_GOAL_S,
+        "exact20StagesAtMost10sWall": result["exactSeconds20Stages"] <= EXACT_GOAL_S,
         "heterogeneousMatchesOrBeatsNewest": all(
             t["heterogeneousUsdPerHour"] is not None and (t["homogeneousUsdPerHour"] is None
                                                           or t["heterogeneousUsdPerHour"] <= t["homogeneousUsdPerHour"] + 1e-9)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tessera.api.plan import Plan, PredictedFigures, StagePlan
 from tessera.api.workflow import AgentWorkflowSpec, Objective
@@ -105,8 +105,6 @@ def diagnose(problem: Problem, solve) -> list[str]:
 
 
 def _with_objective(problem: Problem, objective: Objective) -> Problem:
-    from dataclasses import replace
-
     return replace(problem, objective=objective)
 
 

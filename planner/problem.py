@@ -2,8 +2,8 @@
 
 A candidate (StageOption) fixes a stage's hardware class, tensor-parallel degree, batch slots per
 replica, replica count and, for speculative decoding, the class of the draft. Candidates that
-another candidate on the same classes beats on latency, dollars and watts at once are dropped,
-which keeps both solvers small.
+another candidate on the same classes beats on latency, dollars, watts and devices at once are
+dropped, which keeps both solvers small.
 """
 
 from __future__ import annotations
@@ -46,10 +46,6 @@ class StageOption:
     usd_per_hour: float
     draft_class: str | None = None
     watts: float = 0.0  # expected draw, all classes together
-    def describe(self) -> str:
-        draft = f", draft on {self.draft_class}" if self.draft_class else ""
-        return f"{self.hardware_class} x{self.replicas} (tp {self.tensor_parallel}, batch {self.batch_size}{draft})"
-
 
 @dataclass
 class Problem:
