@@ -121,7 +121,6 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     if settings.peering.priority == 0:
         settings.peering.priority = ops.peering_priority
     settings.watching.server_timeout = 300
-    settings.batching.worker_limit = 64
     if ops.webhook_port:
         settings.admission.server = kopf.WebhookServer(
             port=ops.webhook_port, host=ops.webhook_host, certfile=ops.webhook_cert, pkeyfile=ops.webhook_key,
@@ -270,7 +269,7 @@ async def reconcile_workflow(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch
 
 
 @kopf.on.event(*WORKFLOWS)
-def workflow_deleted(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def workflow_event(type: str, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     if type != "DELETED":
         return
     state = _state(memo)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.test_utils
+import aiohttp.web_runner
+import aiohttp.web_server
 import attrs
 import kmock
 import yaml
@@ -192,7 +194,8 @@ class _QuickClosingServer(aiohttp.test_utils.RawTestServer):
     """Closes at once: a killed operator's watch connections must not hold the shutdown for a minute."""
 
     async def _make_runner(self, debug: bool = True, **kwargs: Any) -> Any:
-        return await super()._make_runner(debug=debug, shutdown_timeout=0.5, **kwargs)
+        server = aiohttp.web_server.Server(self._handler, loop=self._loop, debug=debug, **kwargs)
+        return aiohttp.web_runner.ServerRunner(server, debug=debug, shutdown_timeout=0.5, **kwargs)
 
 
 def _replacement_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +228,68 @@ def register_tessera_resources(emulator: ClusterEmulator) -> list[dict[str, Any]
     return crds
 
 
-class EmulatedCluster:
+class ClusterClient:
+    """A small synchronous client of the emulated API (plain HTTP, independent of the operator's code)."""
+
+    def __init__(self, url: str = "", kubeconfig: Path | None = None):
+        self.url = url
+        self.kubeconfig = kubeconfig
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/merge-patch+json") -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type, "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            raise RuntimeError(f"{method} {path}: HTTP {err.code}: {err.read()[:500]!r}") from None
+
+    def create(self, obj: dict[str, Any]) -> Any:
+        return self.request("POST", collection_path(obj), obj, content_type="application/json")
+
+    def apply(self, obj: dict[str, Any]) -> Any:
+        """Create, or merge the given fields into the existing object (like ``kubectl apply`` for new fields)."""
+        if self.get_like(obj) is None:
+            return self.create(obj)
+        return self.request("PATCH", object_path(obj), obj)
+
+    def apply_files(self, *paths: Path) -> list[dict[str, Any]]:
+        docs = []
+        for path in paths:
+            files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+            for file in files:
+                docs += [d for d in yaml.safe_load_all(file.read_text()) if d]
+        for doc in docs:
+            self.apply(doc)
+        return docs
+
+    def get(self, api_version: str, kind_plural: str, name: str, namespace: str | None = None) -> Any:
+        return self.request("GET", _path(api_version, kind_plural, namespace, name))
+
+    def get_like(self, obj: dict[str, Any]) -> Any:
+        return self.request("GET", object_path(obj))
+
+    def list(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        listing = self.request("GET", _path(api_version, plural, namespace, None))
+        return listing["items"] if listing else []
+
+    def patch(self, api_version: str, plural: str, name: str, patch: dict[str, Any],
+              namespace: str | None = None, subresource: str = "") -> Any:
+        path = _path(api_version, plural, namespace, name) + (f"/{subresource}" if subresource else "")
+        return self.request("PATCH", path, patch)
+
+    def delete(self, api_version: str, plural: str, name: str, namespace: str | None = None) -> Any:
+        return self.request("DELETE", _path(api_version, plural, namespace, name))
+
+    def delete_like(self, obj: dict[str, Any]) -> Any:
+        return self.request("DELETE", object_path(obj))
+
+
+class EmulatedCluster(ClusterClient):
     """The emulator served on 127.0.0.1 in a background thread, with a kubeconfig and a small sync client.
 
     Use as a context manager::
@@ -246,8 +310,7 @@ class EmulatedCluster:
         self._started = threading.Event()
         self._failure: BaseException | None = None
         self.emulator: ClusterEmulator | None = None
-        self.url = ""
-        self.kubeconfig: Path | None = None
+        super().__init__()
 
     @staticmethod
     def example_nodes() -> list[dict[str, Any]]:
@@ -325,61 +388,6 @@ class EmulatedCluster:
         assert self.emulator is not None
         return sum(1 for r in list(self.emulator)  # a kmock handler iterates over the requests it received
                    if r.method == method.upper() and path_fragment in str(r.url.path))
-
-    # --- a small synchronous client (plain HTTP, independent of the operator's code) --------------------
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/merge-patch+json") -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": content_type, "Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            if err.code == 404:
-                return None
-            raise RuntimeError(f"{method} {path}: HTTP {err.code}: {err.read()[:500]!r}") from None
-
-    def create(self, obj: dict[str, Any]) -> Any:
-        return self.request("POST", collection_path(obj), obj, content_type="application/json")
-
-    def apply(self, obj: dict[str, Any]) -> Any:
-        """Create, or merge the given fields into the existing object (like ``kubectl apply`` for new fields)."""
-        if self.get_like(obj) is None:
-            return self.create(obj)
-        return self.request("PATCH", object_path(obj), obj)
-
-    def apply_files(self, *paths: Path) -> list[dict[str, Any]]:
-        docs = []
-        for path in paths:
-            files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-            for file in files:
-                docs += [d for d in yaml.safe_load_all(file.read_text()) if d]
-        for doc in docs:
-            self.apply(doc)
-        return docs
-
-    def get(self, api_version: str, kind_plural: str, name: str, namespace: str | None = None) -> Any:
-        return self.request("GET", _path(api_version, kind_plural, namespace, name))
-
-    def get_like(self, obj: dict[str, Any]) -> Any:
-        return self.request("GET", object_path(obj))
-
-    def list(self, api_version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        listing = self.request("GET", _path(api_version, plural, namespace, None))
-        return listing["items"] if listing else []
-
-    def patch(self, api_version: str, plural: str, name: str, patch: dict[str, Any],
-              namespace: str | None = None, subresource: str = "") -> Any:
-        path = _path(api_version, plural, namespace, name) + (f"/{subresource}" if subresource else "")
-        return self.request("PATCH", path, patch)
-
-    def delete(self, api_version: str, plural: str, name: str, namespace: str | None = None) -> Any:
-        return self.request("DELETE", _path(api_version, plural, namespace, name))
-
-    def delete_like(self, obj: dict[str, Any]) -> Any:
-        return self.request("DELETE", object_path(obj))
-
 
 PLURALS = {
     "Namespace": "namespaces", "Node": "nodes", "Event": "events", "RayService": "rayservices",
@@ -491,3 +499,36 @@ class OperatorRun:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(30)
+
+
+def scaled_nodes(copies: int) -> list[dict[str, Any]]:
+    """The example Nodes, ``copies`` times each (a larger fleet for the benchmark)."""
+    out = []
+    for node in EmulatedCluster.example_nodes():
+        for i in range(copies):
+            clone = copy.deepcopy(node)
+            clone["metadata"]["name"] = f"{node['metadata']['name']}-{i}"
+            clone["metadata"]["labels"]["kubernetes.io/hostname"] = clone["metadata"]["name"]
+            out.append(clone)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve an emulated cluster until stdin closes; print {"url", "kubeconfig"} as one JSON line first.
+
+    ``python -m tessera.operator.testing --node-copies 20`` (the benchmark runs it in its own process,
+    so that the operator's memory and CPU are measured apart from the API server's).
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--node-copies", type=int, default=1, help="copies of each example Node")
+    args = parser.parse_args(argv)
+    with EmulatedCluster(nodes=scaled_nodes(args.node_copies)) as cluster:
+        print(json.dumps({"url": cluster.url, "kubeconfig": str(cluster.kubeconfig)}), flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Pure parts of the operator: builders, the capacity ledger, status patches, settings, the webhook's words."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tessera.api import AgentWorkflow, HardwareClass, Plan, StagePlan, parse_resource
+from tessera.cli.documents import load
+from tessera.operator.builders import (
+    build_rayservice, build_worker_group, child_name, devices_by_class,
+)
+from tessera.operator.inventory import Holding, reserved_by_others, still_fits
+from tessera.operator.reconcile import status_patch
+from tessera.operator.settings import OperatorSettings
+from tessera.operator.webhook import admission_problems
+from tessera.operator.testing import EXAMPLES
+
+from .conftest import workflow
+
+CLASSES = {hc.metadata.name: hc for hc in load([str(EXAMPLES / "inventory")]).of_kind(HardwareClass)}
+
+
+def stage(cls: str, replicas: int = 1, tp: int = 1, draft: str | None = None) -> StagePlan:
+    return StagePlan(hardware_class=cls, replicas=replicas, tensor_parallel=tp, predicted_latency_ms=10, watts=100,
+                     usd_per_hour=1, draft_hardware_class=draft)
+
+
+def plan(**stages: StagePlan) -> Plan:
+    return Plan(feasible=True, objective="tco", stages=stages)
+
+
+def parsed(body) -> AgentWorkflow:
+    body = json.loads(json.dumps(body))
+    body["metadata"]["uid"] = "uid-1"
+    return parse_resource(body)
+
+
+@pytest.mark.parametrize("stages, expected", [
+    ({"a": stage("h100-sxm", replicas=3)}, {"h100-sxm": 3}),
+    ({"a": stage("h100-sxm", replicas=2, tp=4)}, {"h100-sxm": 8}),
+    ({"a": stage("h100-sxm", 2), "b": stage("h100-sxm", 1)}, {"h100-sxm": 3}),
+    ({"a": stage("a100-80gb", 2, draft="l4")}, {"a100-80gb": 2, "l4": 2}),
+    ({"a": stage("a100-80gb", 2, draft="a100-80gb")}, {"a100-80gb": 2}),
+])
+def test_devices_held_by_a_plan(stages, expected):
+    assert devices_by_class(plan(**stages)) == expected
+
+
+@pytest.mark.parametrize("cls, devices, pods, per_pod, resource", [
+    ("h100-sxm", 3, 1, 3, "nvidia.com/gpu"),
+    ("h100-sxm", 8, 1, 8, "nvidia.com/gpu"),
+    ("h100-sxm", 12, 2, 8, "nvidia.com/gpu"),
+    ("l40s", 9, 3, 4, "nvidia.com/gpu"),
+    ("mi300x", 2, 1, 2, "amd.com/gpu"),
+    ("cpu-epyc", 3, 3, 1, None),
+])
+def test_worker_group_pods_requests_and_ray_resources(cls, devices, pods, per_pod, resource):
+    hc = CLASSES[cls]
+    group = build_worker_group(hc, devices, "img", {"l": "v"})
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (pods, pods, pods)
+    container = group["template"]["spec"]["containers"][0]
+    requests = container["resources"]["requests"]
+    assert requests.get(resource) == (str(per_pod) if resource else None)
+    assert float(requests["cpu"]) == hc.spec.pod_resources.cpu * per_pod
+    # KubeRay's custom-resource format: a JSON object inside a quoted string.
+    assert group["rayStartParams"]["resources"] == '"{\\"tessera.dev/' + cls + '\\": ' + str(per_pod) + '}"'
+    assert json.loads(json.loads(group["rayStartParams"]["resources"])) == {f"tessera.dev/{cls}": per_pod}
+    assert group["template"]["spec"]["nodeSelector"] == {"tessera.dev/hardware-class": cls}
+    tolerations = group["template"]["spec"].get("tolerations", [])
+    assert [t["key"] for t in tolerations] == [t.key for t in hc.spec.tolerations]
+
+
+def test_rayservice_serve_config_carries_the_plan_and_the_user_args():
+    wf = parsed(workflow("qa", priority=3, serve={"args": {"policy": "wb-urgency"}, "image": "my/img:1"}))
+    p = plan(answer=stage("l40s", replicas=2), **{"file-ticket": stage("cpu-epyc")})
+    child = build_rayservice(wf, p, CLASSES, OperatorSettings())
+    app = yaml.safe_load(child["spec"]["serveConfigV2"])["applications"][0]
+    assert app["import_path"] == "tessera.workers.app:build_app"
+    args = app["args"]
+    assert args["policy"] == "wb-urgency" and args["priority"] == 3
+    assert (args["workflow"], args["namespace"]) == ("qa", "default")
+    assert args["slo"]["latencyMs"] == 8000
+    assert args["stages"]["answer"] == {"hardwareClass": "l40s", "replicas": 2, "rayActorOptions": {
+        "num_cpus": 1, "num_gpus": 1, "resources": {"tessera.dev/l40s": 1}}}
+    assert args["stages"]["file-ticket"]["rayActorOptions"]["num_gpus"] == 0
+    cluster = child["spec"]["rayClusterConfig"]
+    assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["cpu-epyc", "l40s"]
+    images = {c["image"] for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]}
+    assert images == {"my/img:1"}
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert child["metadata"]["labels"]["tessera.dev/workflow"] == "qa"
+
+
+def test_child_names_stay_short_and_distinct():
+    long_a, long_b = "a" * 60 + "-x", "a" * 60 + "-y"
+    assert child_name("qa") == "qa"
+    assert len(child_name(long_a)) <= 50 and child_name(long_a) != child_name(long_b)
+
+
+def H(devices, priority=0, created="2026-01-01T00:00:00Z", watts=None):
+    return Holding(devices=devices, watts=watts or {}, priority=priority, created=created)
+
+
+@pytest.mark.parametrize("holdings, total, key, fits", [
+    ({"a": H({"x": 4}), "b": H({"x": 4})}, {"x": 8}, "b", True),
+    ({"a": H({"x": 4}), "b": H({"x": 4})}, {"x": 6}, "a", True),  # older keeps its devices
+    ({"a": H({"x": 4}), "b": H({"x": 4}, created="2026-01-02T00:00:00Z")}, {"x": 6}, "b", False),
+    ({"a": H({"x": 4}), "b": H({"x": 4}, priority=5, created="2026-01-02T00:00:00Z")}, {"x": 6}, "a", False),
+    ({"a": H({"x": 4}), "b": H({"x": 4}, priority=5, created="2026-01-02T00:00:00Z")}, {"x": 6}, "b", True),
+    ({"a": H({"x": 2})}, {}, "a", False),  # the class lost all its nodes
+])
+def test_who_keeps_devices_when_capacity_shrinks(holdings, total, key, fits):
+    assert (still_fits(key, holdings, total, {}) == []) is fits
+
+
+def test_watts_count_against_power_budgets():
+    holdings = {"a": H({}, watts={"rows": 700}), "b": H({}, watts={"rows": 400}, created="2026-02-01T00:00:00Z")}
+    assert still_fits("a", holdings, {}, {"rows": 1000}) == []
+    assert "PowerBudget rows" in still_fits("b", holdings, {}, {"rows": 1000})[0]
+
+
+def test_reserved_by_others_excludes_self():
+    holdings = {"a": H({"x": 2}, watts={"p": 10}), "b": H({"x": 3, "y": 1}, watts={"p": 5})}
+    assert reserved_by_others("a", holdings) == ({"x": 3, "y": 1}, {"p": 5})
+
+
+@pytest.mark.parametrize("actual, desired, patch", [
+    ({"phase": "Planned"}, {"phase": "Planned"}, {}),
+    (None, {"phase": "Planned"}, {"phase": "Planned"}),
+    ({"phase": "Planned", "plan": {"a": 1}}, {"phase": "Invalid"}, {"phase": "Invalid", "plan": None}),
+    ({"plan": {"stages": {"a": 1, "b": 2}}}, {"plan": {"stages": {"a": 1}}}, {"plan": {"stages": {"b": None}}}),
+    ({"conditions": [1, 2]}, {"conditions": [1]}, {"conditions": [1]}),
+])
+def test_status_is_patched_only_where_it_changed(actual, desired, patch):
+    assert status_patch(actual, desired) == patch
+
+
+def test_settings_from_the_environment():
+    env = {"TESSERA_NAMESPACES": "a, b", "TESSERA_METRICS_PORT": "9100", "TESSERA_DEV": "true"}
+    settings = OperatorSettings.from_env(env)
+    assert settings.namespaces == ["a", "b"] and settings.metrics_port == 9100 and settings.dev
+    assert OperatorSettings.from_env(env, namespaces=[]).namespaces == []
+    with pytest.raises(ValueError, match="^TESSERA_METRICS_PORT: "):
+        OperatorSettings.from_env({"TESSERA_METRICS_PORT": "many"})
+
+
+def test_the_webhook_rejects_with_the_words_of_tessera_validate(tmp_path):
+    bad = workflow("broken")
+    bad["spec"]["stages"][1]["dependsOn"] = ["nowhere"]
+    bad["spec"]["slo"]["deadlineMs"] = 10
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(bad))
+    lines = load([str(file)]).problems  # what `tessera validate` prints, one line per problem
+    message = admission_problems(bad)
+    assert message.startswith("AgentWorkflow/broken: ")
+    for line in lines:
+        assert line.split(": AgentWorkflow/broken: ", 1)[1] in message
+    assert admission_problems(workflow("fine")) is None
