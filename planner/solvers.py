@@ -471,8 +471,10 @@ def _improve(problem: Problem, search: _Search, choice: list[int], budget: "_Bud
     return choice
 
 
-def _descend(problem: Problem, search: _Search, choice: list[int], frozen: frozenset[int] = frozenset()) -> bool:
-    """Move each stage (most expensive first, ``frozen`` excepted) to its cheapest option that keeps every constraint."""
+def _descend(problem: Problem, search: _Search, choice: list[int], frozen: frozenset[int] = frozenset(),
+             sticky: frozenset[int] = frozenset()) -> bool:
+    """Move each stage (most expensive first, ``frozen`` excepted) to its cheapest option that keeps every
+    constraint; ``sticky`` stages move only for a saving beyond NEUTRAL (so reshaping is not undone for crumbs)."""
     dev, watts = search.usage(choice)
     head, tail = search.paths(choice)
     changed = False
@@ -481,7 +483,7 @@ def _descend(problem: Problem, search: _Search, choice: list[int], frozen: froze
         if s in frozen:
             continue
         old = problem.options[s][choice[s]]
-        best_o, best_value = None, search.value[s][choice[s]]
+        best_o, best_value = None, search.value[s][choice[s]] * ((1 - NEUTRAL) if s in sticky else 1)
         for o, value in enumerate(search.value[s]):
             if value >= best_value - 1e-12:
                 continue
@@ -509,12 +511,12 @@ def _trade(problem: Problem, search: _Search, choice: list[int], budget: "_Budge
     for base, moved in bases:
         dev, watts = search.usage(base)
         _, path = problem.critical_path(base)
-        trials = [(base, moved)]  # the base alone, then each faster option of each critical stage on it
+        trials = [(base, frozenset())]  # the base alone, then each faster option of each critical stage on it
         for s in path:
             old = problem.options[s][base[s]]
             for o, new in enumerate(problem.options[s]):
                 if new.latency_slo_s < old.latency_slo_s and search.move_fits(dev, watts, old, new):
-                    trials.append((base[:s] + [o] + base[s + 1:], moved | {s}))
+                    trials.append((base[:s] + [o] + base[s + 1:], frozenset([s])))
         for trial, frozen in trials:
             if budget.left <= 0:
                 return False
@@ -522,7 +524,7 @@ def _trade(problem: Problem, search: _Search, choice: list[int], budget: "_Budge
                 continue
             budget.spend(size)
             trial = list(trial)
-            _descend(problem, search, trial, frozen=frozenset(frozen))
+            _descend(problem, search, trial, frozen=frozen, sticky=moved)
             if objective_of(problem, trial) < current - 1e-9:
                 choice[:] = trial
                 return True
