@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         engine.generate(texts[0], max_new_tokens=4, speculative=config)
     engine.generate(texts[0], max_new_tokens=4)
 
-    totals = {m: {"seconds": 0.0, "tokens": 0, "drafted": 0, "accepted": 0, "steps": 0, "identical": 0,
+    totals = {m: {"seconds": 0.0, "tokens": 0, "decoded": 0, "drafted": 0, "accepted": 0, "steps": 0, "identical": 0,
                   "draft_seconds": 0.0, "verify_seconds": 0.0, "kind_seconds": {"sql": 0.0, "chat": 0.0}}
               for m in ["plain", *configs]}
     with tqdm(total=len(prompts) * (1 + len(configs)), desc="specdec: decoding", file=sys.stderr) as bar:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "speculativeTokensPerS": round(rate, 2),
             "speedup": round(rate / baseline_rate, 3),
             "acceptanceRate": round(t["accepted"] / t["drafted"], 3) if t["drafted"] else 0.0,
-            "meanTokensPerStep": round(t["tokens"] / t["steps"], 3),
+            "meanTokensPerStep": round(t["decoded"] / t["steps"], 3),
             "identicalOutputs": t["identical"] == len(prompts),
             "identicalPrompts": f"{t['identical']}/{len(prompts)}",
             "speedupSql": _kind_speedup(plain, t, "sql"),
@@ -125,6 +125,7 @@ def _add(total: dict, result, kind: str, identical: bool) -> None:
     total["seconds"] += result.seconds
     total["kind_seconds"][kind] += result.seconds
     total["tokens"] += len(result.token_ids)
+    total["decoded"] += stats["decoded_tokens"]
     total["steps"] += stats["target_steps"]
     total["drafted"] += stats.get("drafted_tokens", 0)
     total["accepted"] += stats.get("accepted_tokens", 0)

@@ -299,7 +299,8 @@ class LLMEngine:
         if tail:
             yield tail
         seconds = time.perf_counter() - started
-        stats.update(generated_tokens=len(token_ids), seconds=seconds)
+        # decoded_tokens also counts a final end-of-sequence token, which the target decided too.
+        stats.update(generated_tokens=len(token_ids), decoded_tokens=len(logprobs), seconds=seconds)
         stats["mean_tokens_per_step"] = len(logprobs) / max(1, stats["target_steps"])
         from tessera.workers.llm.metrics import record_generation
 
