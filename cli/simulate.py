@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scenario", required=True, metavar="NAME", help="hexgen, polca or tco")
     parser.add_argument("--policy", metavar="P", help="one policy instead of the scenario's list "
                         "(rr-fcfs, rr-urgency, wb-fcfs, wb-urgency)")
+    parser.add_argument("--rate", type=float, metavar="RPS",
+                        help="arrival rate of the per-policy figures, requests/s (default: the scenario's nominal)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the workload (default 0)")
     parser.add_argument("--requests", type=int, metavar="N", help="requests per simulation (default: the scenario's)")
     parser.add_argument("-o", "--output", choices=["json", "table"], default="json", help="output format (default json)")
@@ -53,12 +55,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--policy: unknown {args.policy!r}, choose one of {', '.join(POLICIES)}")
     if args.requests is not None and args.requests < 1:
         raise UserError("--requests: must be at least 1")
+    if args.rate is not None and not 0 < args.rate < 1e3:
+        raise UserError("--rate: must be between 0 and 1000 requests/s")
     if args.plot and not args.plot.endswith(".png"):
         raise UserError("--plot: the file name must end in .png")
     if args.trace and args.scenario != "hexgen":
         raise UserError("--trace: only the hexgen scenario replays traces")
     try:
         scenario = experiments.Scenario.load(args.scenario)
+        if args.rate is not None:
+            scenario.nominal_rate_rps = args.rate
         trace = steps = None
         if args.trace:
             trace, steps = load_trace(Path(args.trace))
@@ -72,16 +78,19 @@ def run(args: argparse.Namespace) -> int:
     if args.save_trace:
         save_trace(runner.requests(scenario.nominal_rate_rps), Path(args.save_trace), runner.steps)
     policies = [args.policy] if args.policy else scenario.policies
-    if args.tune_alpha:
-        result = experiments.tune_alpha(runner, args.policy or "wb-urgency")
-    elif trace is not None:
-        result = experiments.replay(runner, policies)
-    elif scenario.name == "polca":
-        result = experiments.run_polca(runner, policies[0])
-    elif scenario.name == "tco":
-        result = experiments.run_tco(runner, policies[0])
-    else:
-        result = experiments.run_hexgen(runner, policies, curves=bool(args.plot))
+    try:
+        if args.tune_alpha:
+            result = experiments.tune_alpha(runner, args.policy or "wb-urgency")
+        elif trace is not None:
+            result = experiments.replay(runner, policies)
+        elif scenario.name == "polca":
+            result = experiments.run_polca(runner, policies[0])
+        elif scenario.name == "tco":
+            result = experiments.run_tco(runner, policies[0])
+        else:
+            result = experiments.run_hexgen(runner, policies, curves=bool(args.plot))
+    except ValueError as err:  # a call no engine can hold, a fleet that never meets the SLO
+        raise UserError(str(err)) from None
     if args.plot and not args.tune_alpha and trace is None:
         from tessera.sim.plots import plot
 

@@ -20,6 +20,8 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 TARGET_ATTAINMENT = 0.9  # goodput: the highest rate at which this share of requests meets the SLO
 ALPHA_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 SEARCH_STEPS = 7  # bisection steps of the goodput search
+MAX_FLEET = 512  # the tco search gives up beyond this many engines
+MAX_DOUBLINGS = 6  # the search raises its upper rate at most this often (x64 the rate grid's top)
 
 
 def scenario_names() -> list[str]:
@@ -46,7 +48,7 @@ class Scenario:
     slo_scales: list[float] = field(default_factory=list)
     power: dict | None = None
     growth_percents: list[float] = field(default_factory=list)
-    configurations: dict[str, list[str]] = field(default_factory=dict)
+    configurations: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str) -> "Scenario":
@@ -81,7 +83,9 @@ class Runner:
         self.count = len(trace) if trace is not None else requests or scenario.requests
         self.steps = steps
         self.trace = trace
-        names = set(scenario.fleet) | {c for pattern in scenario.configurations.values() for c in pattern}
+        names = set(scenario.fleet) | {
+            c for config in scenario.configurations.values() for c in [*config["filler"], *filter(None, [config.get("anchor")])]
+        }
         self.classes = engine_classes(sorted(names), scenario.model, inventory)
         self.reference = self.classes[REFERENCE_CLASS]
         self.mean_workflow_s = critical_path_s(steps)
@@ -115,8 +119,12 @@ class Runner:
         low, high = min(self.scenario.rate_grid), max(self.scenario.rate_grid)
         if not ok(low):
             return 0.0
-        while ok(high):
+        for _ in range(MAX_DOUBLINGS):
+            if not ok(high):
+                break
             low, high = high, high * 2
+        else:
+            return low  # too few requests to load the fleet at any rate: report the highest rate tried
         for _ in range(SEARCH_STEPS):
             mid = (low + high) / 2
             low, high = (mid, high) if ok(mid) else (low, mid)
@@ -125,19 +133,22 @@ class Runner:
 
 def figures(result: SimResult, policy: str, goodput: float | None, requests: int) -> dict:
     """The per-policy JSON of the issue (latencies at the rate simulated)."""
-    finite = result.latencies_s[np.isfinite(result.latencies_s)]
-    pct = (lambda q: round(float(np.percentile(result.latencies_s, q)), 2)) if len(finite) == len(result.latencies_s) \
-        else (lambda q: round(float(np.percentile(result.latencies_s, q)), 2) if np.percentile(result.latencies_s, q) < math.inf else None)
     return {
         "policy": policy,
         "sloAttainment": round(float(result.met.mean()), 4),
         "throughputRps": None if goodput is None else round(goodput, 5),
-        "latencyP50S": pct(50),
-        "latencyP95S": pct(95),
+        "latencyP50S": _percentile(result.latencies_s, 50),
+        "latencyP95S": _percentile(result.latencies_s, 95),
         "deadlineMisses": int((~result.met).sum()),
         "energyKWh": round(result.energy_j / 3.6e6, 3),
         "usdPer1kRequests": round(result.usd / requests * 1000, 3),
     }
+
+
+def _percentile(latencies_s: np.ndarray, q: float) -> float | None:
+    """A latency percentile; None when it falls among requests a stopped run never finished."""
+    value = float(np.percentile(latencies_s, q, method="higher"))
+    return round(value, 2) if math.isfinite(value) else None
 
 
 def _progress(total: int, desc: str):
@@ -273,37 +284,64 @@ def run_polca(runner: Runner, policy: str) -> dict:
 
 
 def run_tco(runner: Runner, policy: str) -> dict:
-    """For each configuration, the fewest engines (cycling its pattern) that meet the SLO for >= 90 %
-    of requests at the nominal rate, and what that fleet costs per 1,000 requests."""
+    """The cheapest fleet of each configuration that meets the SLO for >= 90 % of requests at the
+    nominal rate, and what it costs per 1,000 requests.
+
+    A configuration is ``{"filler": [classes...]}`` (engines cycling through that list) or, for a
+    mix with the newest class, ``{"anchor": CLASS, "filler": [...]}``: for each anchor count below
+    the anchor's own homogeneous minimum, the fewest filler engines that make up the rest; the
+    cheapest of those fleets (in $/h) is the configuration's answer.
+    """
     sc = runner.scenario
     rate = sc.nominal_rate_rps
+
+    def meets(fleet: list[str]) -> bool:
+        if not fleet:
+            return False
+        return runner.simulate(policy, rate, fleet, stop_below=TARGET_ATTAINMENT).met.mean() >= TARGET_ATTAINMENT
+
+    def fewest(prefix: list[str], filler: list[str]) -> list[str]:
+        """``prefix`` plus the fewest engines cycling through ``filler`` that meet the SLO."""
+        if meets(prefix):
+            return prefix
+        low, high = 0, len(filler)
+        while not meets(prefix + sc.sized_fleet(high, filler)):
+            if high > MAX_FLEET:
+                raise ValueError(f"{label}: no fleet of up to {MAX_FLEET} engines meets the SLO at {rate} requests/s")
+            low, high = high, high * 2
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (low, mid) if meets(prefix + sc.sized_fleet(mid, filler)) else (mid, high)
+        return prefix + sc.sized_fleet(high, filler)
+
+    def usd_per_hour(fleet: list[str]) -> float:
+        return sum(runner.classes[c].usd_per_hour for c in fleet)
+
+    homogeneous: dict[str, int] = {}
     results = []
     with _progress(len(sc.configurations), f"{sc.name}: configurations") as bar:
-        for label, pattern in sc.configurations.items():
-            def meets(size: int) -> SimResult | None:
-                r = runner.simulate(policy, rate, sc.sized_fleet(size, pattern), stop_below=TARGET_ATTAINMENT)
-                return r if r.met.mean() >= TARGET_ATTAINMENT else None
-
-            low, high = 0, len(pattern)
-            while meets(high) is None:
-                low, high = high, high * 2
-            while high - low > 1:
-                mid = (low + high) // 2
-                low, high = (low, mid) if meets(mid) is not None else (mid, high)
-            fleet = sc.sized_fleet(high, pattern)
+        for label, config in sc.configurations.items():
+            anchor, filler = config.get("anchor"), config["filler"]
+            if anchor is None:
+                fleet = fewest([], filler)
+            else:
+                if anchor not in homogeneous:
+                    homogeneous[anchor] = len(fewest([], [anchor]))
+                options = [fewest([anchor] * n, filler) for n in range(1, homogeneous[anchor])]
+                fleet = min(options, key=usd_per_hour) if options else [anchor] * homogeneous[anchor]
+            if len(set(fleet)) == 1:
+                homogeneous.setdefault(fleet[0], len(fleet))
             nominal = runner.simulate(policy, rate, fleet)
             fig = figures(nominal, policy, runner.goodput(policy, fleet), runner.count)
             devices: dict[str, int] = {}
             for c in fleet:
                 devices[c] = devices.get(c, 0) + 1
-            results.append({"configuration": label, "devices": devices,
-                            "usdPerHour": round(sum(runner.classes[c].usd_per_hour for c in fleet), 2)} | fig)
+            results.append({"configuration": label, "devices": devices, "usdPerHour": round(usd_per_hour(fleet), 2)} | fig)
             bar.update()
     newest = results[0]
     for r in results:
         r["usdPer1kRequestsVsNewest"] = round(r["usdPer1kRequests"] / newest["usdPer1kRequests"], 3)
     return _header(runner) | {"newest": newest["configuration"], "results": results}
-
 
 def replay(runner: Runner, policies: list[str]) -> dict:
     """Each policy on the runner's trace as it is (its own arrivals and deadlines; no goodput search)."""

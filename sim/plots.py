@@ -56,7 +56,7 @@ def _polca(result: dict, path: Path) -> None:
         right.plot(pct, [100 * r[key]["overBudgetFraction"] for r in rows], marker="o", linestyle=style,
                    label=f"{key}: time over budget")
     right.axhline(100 * result["overBudgetTolerance"], color="grey", linestyle=":", linewidth=1)
-    right.set(xlabel="servers added (%)", ylabel="time above the budget (%)", yscale="symlog",
+    right.set(xlabel="servers added (%)", ylabel="time above the budget (%)",
               title=f"Power budget {budget / 1000:.2f} kW (base fleet's nameplate)")
     right.legend()
     fig.tight_layout()
@@ -70,13 +70,15 @@ def _tco(result: dict, path: Path) -> None:
     labels = [f"{r['configuration']}\n" + ", ".join(f"{n}x {c}" for c, n in r["devices"].items()) for r in rows]
     values = [r["usdPer1kRequests"] for r in rows]
     fig, ax = plt.subplots(figsize=(10, 0.7 * len(rows) + 1.5))
-    bars = ax.barh(range(len(rows)), values, color=["tab:blue"] + ["tab:green"] * (len(rows) - 1))
+    colors = ["tab:blue" if i == 0 else "tab:gray" if len(r["devices"]) == 1 else "tab:green" for i, r in enumerate(rows)]
+    bars = ax.barh(range(len(rows)), values, color=colors)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     for bar, v in zip(bars, values):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" ${v:.2f}", va="center", fontsize=8)
     ax.set(xlabel="US$ per 1,000 requests (devices + energy)",
-           title=f"Cheapest fleet per configuration meeting the SLO for 90 % at {result['nominalRateRps']} requests/s")
+           title=f"Cheapest fleet per configuration meeting the SLO for 90 % at {result['nominalRateRps']} requests/s\n"
+                 "blue: newest homogeneous, grey: other homogeneous, green: mixes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
