@@ -11,7 +11,8 @@ from tessera.cli.errors import UserError
 DESCRIPTION = """\
 Simulate a heterogeneous GPU cluster serving the Text-to-SQL workflow, with the real scheduling
 policies of tessera.workers.scheduling on a virtual clock. Scenarios:
-  hexgen  A100, A100, A6000, L40S; policies rr-fcfs (baseline), rr-urgency, wb-fcfs, wb-urgency
+  hexgen  A100, A100, A6000, L40S; policies rr-fcfs (baseline), rr-urgency, wb-fcfs, wb-urgency,
+          ef-urgency (ours: earliest predicted finish)
   polca   that fleet x5 grown by N % under its nameplate power budget, with and without capping
   tco     the cheapest fleet per configuration (H200 only vs mixes) that meets the SLO
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--scenario", required=True, metavar="NAME", help="hexgen, polca or tco")
     parser.add_argument("--policy", metavar="P", help="one policy instead of the scenario's list "
-                        "(rr-fcfs, rr-urgency, wb-fcfs, wb-urgency)")
+                        "(rr-fcfs, rr-urgency, wb-fcfs, wb-urgency, ef-urgency)")
     parser.add_argument("--rate", type=float, metavar="RPS",
                         help="arrival rate of the per-policy figures, requests/s (default: the scenario's nominal)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the workload (default 0)")
@@ -104,10 +105,17 @@ def table(result: dict) -> str:
     rows = result.get("results")
     if not rows:
         return json.dumps(result, indent=2)
-    columns = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
-    cells = [[str(r.get(c)) for c in columns] for r in rows]
+    columns = [k for k in rows[0] if not isinstance(rows[0][k], list)]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     extra = {k: v for k, v in result.items() if k not in ("results", "curves", "growth")}
     return "\n".join(lines) + "\n" + json.dumps(extra)
+
+
+def _cell(value) -> str:
+    """A table cell; a dict of device counts reads as "2x h200 1x a100-80gb"."""
+    if isinstance(value, dict):
+        return " ".join(f"{n}x {k}" for k, n in value.items())
+    return str(value)

@@ -12,21 +12,24 @@ import time
 BUDGET_S = 30.0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=10_000, help="requests to simulate (default 10000)")
+    parser.add_argument("--requests", type=_positive, default=10_000, help="requests to simulate (default 10000)")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from tessera.cli.errors import UserError
     from tessera.sim.experiments import Runner, Scenario
 
-    if args.requests < 1:
-        raise UserError("--requests: must be at least 1")
     scenario = Scenario.load("hexgen")
-    runner = Runner(scenario, seed=args.seed, requests=args.requests)
-    requests = runner.requests(scenario.nominal_rate_rps)  # made once, outside the timing
-    runner.requests = lambda rate, slo_scale=None: requests
+    # the requests are made once, outside the timing, and replayed as a trace
+    requests = Runner(scenario, seed=args.seed, requests=args.requests).requests(scenario.nominal_rate_rps)
+    runner = Runner(scenario, seed=args.seed, trace=requests)
     out = {"benchmark": "sim", "requests": args.requests, "budgetS": BUDGET_S, "baseline": "rr-fcfs", "runs": {}}
     for policy in ("rr-fcfs", "wb-urgency"):
         start = time.perf_counter()

@@ -71,3 +71,10 @@ def test_bad_input_is_one_line(capsys, args, message):
     code, out, err = simulate(capsys, *args)
     assert code == 1 and out == ""
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_sim_compares_against_rr_fcfs(capsys):
+    code = main(["bench", "sim", "--requests", "50"])
+    body = json.loads(capsys.readouterr().out)
+    assert code == 0 and body["baseline"] == "rr-fcfs"
+    assert set(body["runs"]) == {"rr-fcfs", "wb-urgency"} and body["runs"]["wb-urgency"]["events"] > 50
