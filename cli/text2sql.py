@@ -109,13 +109,17 @@ def _answer_with_serve(db: Path, args: argparse.Namespace) -> dict | None:
     from ray import serve
 
     from tessera.workers.text2sql.app import build_app
+    from tessera.workers.text2sql.pipeline import STAGES
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # One replica per stage, all on this machine: a share of a CPU each (Serve's default of one whole
+    # CPU per replica would leave the stages of a small machine waiting for CPUs forever).
+    local = {"rayActorOptions": {"num_cpus": 0.25}}
     try:
         app = build_app({"db": str(db.resolve()), "policy": args.policy, "alpha": args.alpha,
                          "nCandidates": args.candidates, "priority": args.priority,
-                         "slo": {"latencyMs": args.slo_ms}})
+                         "slo": {"latencyMs": args.slo_ms}, "stages": {s: local for s in STAGES}})
         if args.serve:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             serve.run(app, name="text2sql", route_prefix="/text2sql")

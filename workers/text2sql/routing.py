@@ -67,8 +67,13 @@ class PolicyRequestRouter(RequestRouter):
         replicas = self.select_available_replicas(candidate_replicas) or candidate_replicas
         sched = pending_request.kwargs.get("sched") if pending_request is not None else None
         call = stage_call(sched)
+        views = [self._view(r) for r in replicas]
+        # A replica whose stats have not arrived yet (class "unknown"), or of a class the caller gave no
+        # estimate for, is costed at the slowest known estimate rather than left out.
+        call.est_seconds_by_class = {**{v.hardware_class: call.est_seconds(v.hardware_class) for v in views},
+                                     **call.est_seconds_by_class}
         by_id = {r.replica_id.unique_id: r for r in replicas}
-        chosen = self.dispatcher.choose(call, [self._view(r) for r in replicas])
+        chosen = self.dispatcher.choose(call, views)
         rest = [r for rid, r in sorted(by_id.items()) if rid != chosen]
         return [[by_id[chosen]], rest] if rest else [[by_id[chosen]]]
 

@@ -119,3 +119,14 @@ def test_the_replica_queue_runs_the_most_urgent_call_next(policy, expected):
     assert stats["queue_depth"] == 3
     assert stats["outstanding_work_s"] == pytest.approx(3.0)  # three queued 1 s calls (the blocker has none)
     assert order == expected
+
+
+def test_a_replica_without_routing_stats_yet_is_still_routable():
+    """Right after start a replica has reported no hardware class: it must not make routing fail."""
+    async def run():
+        router = make_router("wb-urgency", alpha=0.2)
+        fresh = SimpleNamespace(replica_id=ReplicaID("fresh", DeploymentID("llm", "app")), max_ongoing_requests=4,
+                                routing_stats={})
+        return (await router.choose_replicas([fresh], pending("r1", {"cpu": 1.0})))[0][0]
+
+    assert asyncio.run(run()).replica_id.unique_id == "fresh"
