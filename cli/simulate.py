@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--rate: must be between 0 and 1000 requests/s")
     if args.plot and not args.plot.endswith(".png"):
         raise UserError("--plot: the file name must end in .png")
+    if args.tune_alpha and args.policy is not None and not args.policy.startswith("wb-"):
+        raise UserError(f"--tune-alpha: {args.policy} has no alpha; only the wb-* policies do")
+    if args.plot and (args.trace or args.tune_alpha):
+        raise UserError("--plot: draws a scenario run, not a --trace replay or --tune-alpha")
     if args.trace and args.scenario != "hexgen":
         raise UserError("--trace: only the hexgen scenario replays traces")
     try:
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             result = experiments.run_hexgen(runner, policies, curves=bool(args.plot))
     except ValueError as err:  # a call no engine can hold, a fleet that never meets the SLO
         raise UserError(str(err)) from None
-    if args.plot and not args.tune_alpha and trace is None:
+    if args.plot:
         from tessera.sim.plots import plot
 
         plot(result, Path(args.plot))

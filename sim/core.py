@@ -304,9 +304,6 @@ class Simulator:
         views = [ReplicaView(e.replica_id, e.cls.name, 0.0, self.weights.get(e.cls.name, 1.0)) for e in engines]
         costs = step_costs(self.steps, {n: self.classes[n] for n in set(self.fleet)}, self.reference)
         states = [RequestState(r) for r in sorted(requests, key=lambda r: r.arrival_s)]
-        remaining_means = {
-            id(s): [costs[name].mean_s for name, _, _ in s.request.groups] for s in states
-        }
         events: list[tuple[float, int, int, int, int]] = []  # (time, seq, kind, index, version)
         ARRIVAL, ENGINE, CONTROL = 0, 1, 2
 
@@ -338,7 +335,7 @@ class Simulator:
             req = state.request
             name, _, calls = req.groups[state.group]
             cost = costs[name]
-            after = remaining_means[id(state)][state.group + 1:]
+            after = [costs[later].mean_s for later, _, _ in req.groups[state.group + 1:]]  # T̄ of what follows
             state.pending = len(calls)
             for n_in, n_out in calls:
                 tokens = n_in + n_out

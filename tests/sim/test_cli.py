@@ -65,6 +65,9 @@ def test_a_saved_trace_replays_to_the_same_figures(capsys, tmp_path):
         (["--scenario", "tco", "--trace", "t.json"], "--trace"),
         (["--scenario", "hexgen", "--trace", "/no/such/file.json"], "trace: cannot read"),
         (["--scenario", "hexgen", "--inventory", "/no/such/dir"], "inventory"),
+        (["--scenario", "hexgen", "--tune-alpha", "--policy", "rr-fcfs"], "--tune-alpha"),
+        (["--scenario", "hexgen", "--tune-alpha", "--plot", "a.png"], "--plot"),
+        (["--scenario", "hexgen", "--rate", "-1"], "--rate"),
     ],
 )
 def test_bad_input_is_one_line(capsys, args, message):
