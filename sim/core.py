@@ -139,6 +139,8 @@ class Job:
 
 
 class Engine:
+    """One model replica on one device: a prefill slot, a decode batch, a KV cache, a local queue."""
+
     def __init__(self, index: int, replica_id: str, cls: EngineClass, queue: LocalQueue, token_budget: int):
         self.index = index
         self.replica_id = replica_id
