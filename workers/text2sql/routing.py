@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any, Callable
 
-from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from tessera.api import metrics as catalogue
 from tessera.workers.metrics import make_metric
@@ -41,11 +41,15 @@ def replica_hardware_class(configured: str) -> str:
     return os.environ.get(HARDWARE_CLASS_ENV) or configured
 
 
-class PolicyRequestRouter(RequestRouter):
+class PolicyRequestRouter(FIFOMixin, RequestRouter):
     """Global dispatch by a named policy (``request_router_kwargs``: ``policy``, ``alpha``, ``weights``).
 
     ``weights`` maps a hardware class to k_e of the workload-balanced score (default 1).
     Replicas that are full by Ray's own count (``max_ongoing_requests``) are left out first.
+    ``FIFOMixin`` is needed in Ray 2.60: without it a second concurrent call to the same
+    deployment is never handed its replica (seen: the router spins). With it, a chosen replica
+    goes to the oldest waiting call, which may differ from the call it was chosen for when
+    several wait at once.
     """
 
     def initialize_state(self, policy: str = "wb-urgency", alpha: float = DEFAULT_ALPHA,
