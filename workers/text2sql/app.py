@@ -13,8 +13,8 @@ Args (a dict; camelCase as the operator writes it, or snake_case; unknown keys a
 - ``alpha``: speed-vs-load weight of workload-balanced dispatch, in [0, 1] (default 0.2).
 - ``stages``: per stage, ``{hardwareClass, replicas, rayActorOptions, maxOngoingRequests}``, keyed
   by a pipeline stage name (schema_linking, candidate_generation, execution, self_correction,
-  selection) or by the workflow stage name that ``stageMap`` maps it to. Missing: 1 replica on
-  class ``cpu`` with Ray's default actor options.
+  selection) or, with ``stageMap``, by workflow stage names (workflow stages no deployment maps to
+  are ignored). Missing: 1 replica on class ``cpu`` with Ray's default actor options (one whole CPU).
 - ``stageMap``: pipeline stage -> workflow stage name (the AgentWorkflow's names).
 - ``slo``: the workflow's SLO (``latencyMs``, optional ``deadlineMs``): a request's deadline is
   arrival + deadlineMs (or latencyMs) unless the request names its own. Default 60 s.

@@ -45,6 +45,7 @@ def test_the_benchmark_names_what_is_wrong_with_a_question_file(capsys, tmp_path
 @pytest.mark.parametrize("args,field", [({"policy": "fastest"}, "policy"), ({"alpha": 2}, "alpha"),
                                         ({"stages": {"nowhere": {}}}, "nowhere"),
                                         ({"stageMap": {"ranking": "x"}}, "stageMap"),
+                                        ({"stageMap": {"execution": "run-sql"}, "stages": {"other": {}}}, "run-sql"),
                                         ({"stages": {"execution": {"replicas": 0}}}, "stages.execution.replicas"),
                                         ({"colour": "red"}, "colour")])
 def test_the_app_builder_validates_its_args(args, field):
@@ -60,7 +61,8 @@ def test_the_app_builder_reads_the_operator_args():
 
     cfg = parse_args({"policy": "rr-fcfs", "stageMap": {"candidate_generation": "generate-candidates"},
                       "stages": {"generate-candidates": {"hardwareClass": "a100", "replicas": 2,
-                                                         "rayActorOptions": {"num_gpus": 1}}},
+                                                         "rayActorOptions": {"num_gpus": 1}},
+                                 "unit-tester": {"hardwareClass": "l40s"}},  # a workflow stage without a deployment
                       "slo": {"latencyMs": 40000, "deadlineMs": 50000}, "priority": 3, "workflow": "t2s",
                       "namespace": "team-a"})
     assert cfg.stage("candidate_generation").hardware_class == "a100"

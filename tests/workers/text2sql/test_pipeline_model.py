@@ -69,8 +69,8 @@ def test_the_serve_app_answers_over_a_handle_and_over_http(ray_local, t2s_dbs):
     from tessera.workers.text2sql.pipeline import STAGES
 
     db = t2s_dbs / "store.sqlite"
-    light = {"rayActorOptions": {"num_cpus": 0}}
-    app = build_app({"db": str(db), "fewshotDbDir": str(t2s_dbs), "nCandidates": 1, "maxRevisions": 1,
+    light = {"rayActorOptions": {"num_cpus": 0}}  # two candidates: concurrent calls to one replica
+    app = build_app({"db": str(db), "fewshotDbDir": str(t2s_dbs), "nCandidates": 2, "maxRevisions": 1,
                      "policy": "wb-urgency", "alpha": 0.3, "stages": {s: light for s in STAGES}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
