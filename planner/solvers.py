@@ -473,30 +473,56 @@ def _improve(problem: Problem, search: _Search, choice: list[int], budget: "_Bud
 
 def _descend(problem: Problem, search: _Search, choice: list[int], frozen: frozenset[int] = frozenset(),
              sticky: frozenset[int] = frozenset()) -> bool:
-    """Move each stage (most expensive first, ``frozen`` excepted) to its cheapest option that keeps every
-    constraint; ``sticky`` stages move only for a saving beyond NEUTRAL (so reshaping is not undone for crumbs)."""
+    """Move stages to cheaper options that keep every constraint until none is left: on small graphs always
+    the largest saving first (steepest descent), on large ones a sweep from the most expensive stage.
+    ``frozen`` stages stay; ``sticky`` ones move only for a saving beyond NEUTRAL (so reshaping is not undone
+    for crumbs)."""
     dev, watts = search.usage(choice)
     head, tail = search.paths(choice)
-    changed = False
-    order = sorted(range(search.n), key=lambda s: -_secondary(problem, problem.options[s][choice[s]]))
-    for s in order:
-        if s in frozen:
-            continue
+
+    def cheapest_move(s: int) -> tuple[float, int | None]:
         old = problem.options[s][choice[s]]
-        best_o, best_value = None, search.value[s][choice[s]] * ((1 - NEUTRAL) if s in sticky else 1)
+        current = search.value[s][choice[s]]
+        best_o, best_value = None, current * ((1 - NEUTRAL) if s in sticky else 1)
         for o, value in enumerate(search.value[s]):
             if value >= best_value - 1e-12:
                 continue
             new = problem.options[s][o]
             if search.through(choice, head, tail, s, new) <= search.slo * (1 + 1e-9) and search.move_fits(dev, watts, old, new):
                 best_o, best_value = o, value
-        if best_o is not None:
-            search._add(dev, watts, old, -1)
-            search._add(dev, watts, problem.options[s][best_o], 1)
-            choice[s] = best_o
-            head, tail = search.paths(choice)
+        return current - best_value, best_o
+
+    def apply(s: int, o: int) -> None:
+        nonlocal head, tail
+        search._add(dev, watts, problem.options[s][choice[s]], -1)
+        search._add(dev, watts, problem.options[s][o], 1)
+        choice[s] = o
+        head, tail = search.paths(choice)
+
+    movable = [s for s in range(search.n) if s not in frozen]
+    changed = False
+    if search.n <= SMALL_GRAPH:
+        while True:
+            _, s, o = _steepest(movable, cheapest_move)
+            if o is None:
+                return changed
+            apply(s, o)
+            changed = True
+    for s in sorted(movable, key=lambda s: -search.value[s][choice[s]]):
+        _, o = cheapest_move(s)
+        if o is not None:
+            apply(s, o)
             changed = True
     return changed
+
+
+def _steepest(movable: list[int], cheapest_move) -> tuple[float, int | None, int | None]:
+    best = (0.0, None, None)
+    for s in movable:
+        saving, o = cheapest_move(s)
+        if o is not None and saving > best[0]:
+            best = (saving, s, o)
+    return best
 
 
 def _trade(problem: Problem, search: _Search, choice: list[int], budget: "_Budget") -> bool:
@@ -531,7 +557,7 @@ def _trade(problem: Problem, search: _Search, choice: list[int], budget: "_Budge
     return False
 
 
-NEUTRAL = 0.002  # an option costing at most 0.2 % more counts as "as cheap" when it is faster
+NEUTRAL = 0.01  # an option costing at most 1 % more counts as "as cheap" when it is faster
 
 
 def _tighten(problem: Problem, search: _Search, choice: list[int], stages):
