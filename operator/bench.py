@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     progress.update(len(done) - progress.n)
             all_planned = max((d["seen"] for d in done.values()), default=time.time()) - started
             latencies = list(operator.state.latencies)
+            queued = list(operator.state.queued_seconds)
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         if server.stdin:
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reconciles": len(latencies),
         "reconcileP50Ms": round(_percentile(latencies, 50) * 1000, 1),
         "reconcileP99Ms": round(_percentile(latencies, 99) * 1000, 1),
+        "reconcileQueuedP99Ms": round(_percentile(queued, 99) * 1000, 1),  # waiting for the planner's turn
+        "reconcileWorkP99Ms": round(_percentile([a - b for a, b in zip(latencies, queued)], 99) * 1000, 1),
         "createdToPlannedP99Seconds": round(_percentile(created_to_planned, 99), 2),
         "rssMB": round(rss_mb, 1),
         "baseline": {

@@ -68,6 +68,7 @@ class OperatorState:
     inventory_changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds per reconcile, for the benchmark
+    queued_seconds: list[float] = field(default_factory=list)  # of which waiting for the planner's turn
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -211,7 +212,9 @@ async def reconcile(body: Mapping[str, Any], state: OperatorState, logger: loggi
         outcome = "error"
         try:
             actual_child = await asyncio.to_thread(state.api.get_rayservice, namespace, child_name(name))
+            waiting = time.perf_counter()
             async with state.plan_lock:  # planning and recording what the plan holds, one workflow at a time
+                state.queued_seconds.append(time.perf_counter() - waiting)
                 snapshot = state.snapshot()
                 holdings = state.holdings_view(snapshot, state.workflows())
                 # In a thread: the planner is CPU-bound, and kopf's watches must keep flowing meanwhile.

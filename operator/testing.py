@@ -36,6 +36,7 @@ import yaml
 from kmock._internal import dicts as kmock_dicts  # merge/JSON patches exactly as the emulator applies them
 from typing_extensions import override
 
+from tessera.api.crdgen import RESOURCES as CRD_RESOURCES
 from tessera.api.crdgen import build_crds
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -68,6 +69,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     # (method, path fragment) -> event: matching requests wait until it is set (tests stall the API this way)
     holds: dict[tuple[str, str], asyncio.Event] = attrs.field(factory=dict, init=False)
+    # (method, path) of every request. kmock keeps the requests themselves too, and matches each new one
+    # against all of them (quadratic: 0.2 s per request after a few hundred), so it keeps only the current one.
+    seen: list[tuple[str, str]] = attrs.field(factory=list, init=False)
 
     def register(self, path: str, *, kind: str, namespaced: bool, singular: str,
                  shortnames: Iterable[str] = (), status: bool = True) -> None:
@@ -85,6 +89,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     @override
     async def _handle(self, request: kmock.Request) -> Any:
+        del self._requests[:-1]
+        self.seen.append((request.method, str(request.url.path)))
         for (method, fragment), released in list(self.holds.items()):
             if request.method == method and fragment in str(request.url.path):
                 await released.wait()
@@ -114,10 +120,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return response
 
     def _stored(self, request: kmock.Request) -> Any:
-        key = (request.resource, request.namespace, request.name)
-        if key in self.objects and not self.objects[key].deleted:
-            return self.objects[key]
-        return None
+        obj = self.objects._objects.get((request.resource, request.namespace, request.name))
+        return obj if obj is not None and not obj.deleted else None
 
     def _uid_of(self, request: kmock.Request) -> str | None:
         obj = self._stored(request)
@@ -167,6 +171,28 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             uid = obj.last.raw.get("metadata", {}).get("uid")
             if uid:
                 await self._collect_dependents(uid)
+
+    # kmock compares every stored object with every request through a runtime-checked Protocol (~0.7 ms per
+    # object per request with a few hundred Nodes); these two replace its private lookups with a dict lookup
+    # and plain tuple comparisons, same semantics.
+    def _KubernetesEmulator__get_objs(self, request: kmock.Request, strict: bool) -> list[Any]:
+        store = self.objects._objects
+        if request.name is not None and (strict or request.namespace is not None):
+            obj = store.get((request.resource, request.namespace, request.name))
+            return [obj] if obj is not None else []
+        return [obj for (resource, namespace, name), obj in store.items()
+                if self._KubernetesEmulator__check(request, resource, namespace, name, strict)]
+
+    def _KubernetesEmulator__check(self, request: kmock.Request, resource: Any, namespace: str | None, name: str,
+                                   strict: bool) -> bool:
+        wanted = request.resource
+        if (resource.group, resource.version, resource.plural) != (wanted.group, wanted.version, wanted.plural):
+            return False
+        if strict and namespace != request.namespace:
+            return False
+        if not strict and request.namespace is not None and namespace != request.namespace:
+            return False
+        return request.name is None or name == request.name
 
     @override
     async def _serve_version(self, request: kmock.Request) -> Any:
@@ -386,15 +412,13 @@ class EmulatedCluster(ClusterClient):
     def requests_matching(self, method: str, path_fragment: str) -> int:
         """How many requests the emulator received so far with this method and a path containing the fragment."""
         assert self.emulator is not None
-        return sum(1 for r in list(self.emulator)  # a kmock handler iterates over the requests it received
-                   if r.method == method.upper() and path_fragment in str(r.url.path))
+        return sum(1 for m, path in list(self.emulator.seen) if m == method.upper() and path_fragment in path)
 
-PLURALS = {
-    "Namespace": "namespaces", "Node": "nodes", "Event": "events", "RayService": "rayservices",
-    "AgentWorkflow": "agentworkflows", "HardwareClass": "hardwareclasses", "PowerBudget": "powerbudgets",
-    "ModelProfile": "modelprofiles", "CustomResourceDefinition": "customresourcedefinitions",
-}
-NAMESPACED_KINDS = {"Event", "RayService", "AgentWorkflow"}
+# kind -> plural, and the namespaced kinds, of every resource the emulator serves
+PLURALS = {kind: path.rsplit("/", 1)[1] for path, kind, *_ in BUILTIN_RESOURCES}
+PLURALS.update({info.kind: info.plural for info in CRD_RESOURCES})
+NAMESPACED_KINDS = {kind for _, kind, namespaced, *_ in BUILTIN_RESOURCES if namespaced}
+NAMESPACED_KINDS.update(info.kind for info in CRD_RESOURCES if info.scope == "Namespaced")
 
 
 def _path(api_version: str, plural: str, namespace: str | None, name: str | None) -> str:

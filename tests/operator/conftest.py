@@ -54,6 +54,10 @@ def wait_status(cluster: EmulatedCluster, name: str, check, timeout: float = 30,
     return wait_for(ready, timeout, what=what or f"AgentWorkflow {name}")
 
 
+def deployed_phase(body: dict[str, Any]) -> bool:
+    return phase(body) in ("Deploying", "Running")
+
+
 def phase(body: dict[str, Any]) -> str | None:
     return (body.get("status") or {}).get("phase")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import yaml
 
@@ -183,3 +184,19 @@ def test_an_operator_killed_mid_reconcile_converges_after_restart(cluster):
     with OperatorRun(cluster):
         wait_status(cluster, "qa", deployed)
         assert _final_state(cluster, "qa") == expected
+
+
+def test_two_peered_replicas_never_both_act(cluster):
+    cluster.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "tessera"}})
+    with OperatorRun(cluster, standalone=False, priority=100) as low:
+        high = OperatorRun(cluster, standalone=False, priority=200).start()
+        peers = lambda: (cluster.get("kopf.dev/v1", "clusterkopfpeerings", "tessera") or {}).get("status") or {}
+        wait_for(lambda: len(peers()) == 2, what="both replicas in the peering object")
+        time.sleep(1)  # the lower replica sees the higher one and pauses
+        cluster.create(workflow("first"))
+        wait_status(cluster, "first", deployed)
+        assert high.state.latencies and not low.state.latencies  # the higher priority acted alone
+        high.stop()  # a clean exit leaves the peering: the other replica takes over
+        cluster.create(workflow("second"))
+        wait_status(cluster, "second", deployed, timeout=60)
+        assert low.state.latencies
