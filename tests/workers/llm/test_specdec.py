@@ -7,7 +7,7 @@ import pytest
 from tessera.workers.llm.engine import LLMRequestError
 from tessera.workers.llm.specdec import DraftLengthController, SpecDecConfig, expected_tokens_per_step
 
-MAX_NEW = 32
+MAX_NEW = 24
 
 
 @pytest.mark.model
