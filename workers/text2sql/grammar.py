@@ -64,6 +64,7 @@ class QueryShape:
     group_by: bool
     order_by: bool  # ORDER BY ... LIMIT: sorting or "the highest/lowest ..."
     ops: tuple[str, ...]
+    sort_any: bool = True  # False: only a superlative asks for order, so the key is a quantity
 
     @classmethod
     def of(cls, question: str) -> "QueryShape":
@@ -76,8 +77,8 @@ class QueryShape:
         numbers = len(regex.findall(r"\b\d+(?:\.\d+)?\b", question))
         if set(ops) <= {"!="} or numbers > sum(cued.values()):
             ops.append("=")  # a number with no comparison word is compared for equality ("not" may be "= 0")
-        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])),
-                   extreme or bool(_has(text, _CUES["ORDER"])), tuple(ops))
+        sort = bool(_has(text, _CUES["ORDER"]))
+        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])), extreme or sort, tuple(ops), sort)
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,12 @@ def _query(spec: GrammarSpec, tables: list[str], from_clause: str) -> str:
         group = rf"(?:{W}GROUP{W}BY{W}{sel_col}(?:{S},{S}{sel_col})?{having})?"
     order = ""
     if shape.order_by:
-        key = rf"(?:{agg}|{any_col})" if agg else any_col
-        order = rf"(?:{W}ORDER{W}BY{W}{key}(?:{W}(?:ASC|DESC))?(?:{W}LIMIT{W}\d+)?)?"
+        # "the most expensive", "the highest score": a superlative orders by a quantity, and takes
+        # the top one or as many as the question says.
+        keys = [any_col] if shape.sort_any or not numeric else [_alternation(_names(numeric, visible))]
+        key = "(?:" + "|".join(keys + ([agg] if agg else [])) + ")"
+        limit = _alternation(sorted(set(spec.numbers) | {"1"}))
+        order = rf"(?:{W}ORDER{W}BY{W}{key}(?:{W}(?:ASC|DESC))?(?:{W}LIMIT{W}{limit})?)?"
     return (rf"SELECT{W}(?:DISTINCT{W})?{sel}(?:{S},{S}{sel})*{W}FROM{W}{from_clause}"
             rf"{where}{group}{order}")
 
