@@ -210,11 +210,12 @@ async def reconcile(body: Mapping[str, Any], state: OperatorState, logger: loggi
     async with state.lock(key):
         started = time.perf_counter()
         outcome = "error"
+        queued = 0.0
         try:
             actual_child = await asyncio.to_thread(state.api.get_rayservice, namespace, child_name(name))
             waiting = time.perf_counter()
             async with state.plan_lock:  # planning and recording what the plan holds, one workflow at a time
-                state.queued_seconds.append(time.perf_counter() - waiting)
+                queued = time.perf_counter() - waiting
                 snapshot = state.snapshot()
                 holdings = state.holdings_view(snapshot, state.workflows())
                 # In a thread: the planner is CPU-bound, and kopf's watches must keep flowing meanwhile.
@@ -252,6 +253,7 @@ async def reconcile(body: Mapping[str, Any], state: OperatorState, logger: loggi
             elapsed = time.perf_counter() - started
             metrics.reconciled(outcome, elapsed)
             state.latencies.append(elapsed)
+            state.queued_seconds.append(queued)
 
 
 def _shrinks(before: Holding | None, after: Holding) -> bool:
