@@ -55,3 +55,35 @@ def rayservice_of_example(tmp_path: Path) -> dict:
         name = child_name("text2sql")
         return wait_for(lambda: cluster.get("ray.io/v1", "rayservices", name, "default"), timeout=30,
                         what="the RayService child")
+
+
+def test_the_operators_rayservice_answers_a_question(tmp_path, ray_local):
+    from ray import serve
+
+    from tessera.workers.local import build_application, localize_application
+    from tessera.workers.text2sql.app import default_db_dirs
+    from tessera.workers.text2sql.sandbox import SQLSandbox, result_key
+
+    rayservice = rayservice_of_example(tmp_path)
+    config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    (written,) = config["applications"]
+    assert written["import_path"] == "tessera.workers.text2sql.app:build_app"
+    planned = written["args"]["stages"]
+    worker_groups = {g["groupName"]: g for g in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    for stage in planned.values():  # every stage asks for its class's resource, which its worker group offers
+        (resource,) = stage["rayActorOptions"]["resources"]
+        assert resource == f"tessera.dev/{stage['hardwareClass']}"
+        assert any(resource in g["rayStartParams"].get("resources", "") for g in worker_groups.values())
+
+    application = localize_application(written)
+    assert application["args"]["stageMap"] == written["args"]["stageMap"]
+    handle = serve.run(build_application(application), name=application["name"],
+                       route_prefix=application["route_prefix"])
+    try:
+        answer = handle.answer.remote("How many customers are there?", 2, 300).result(timeout_s=600)
+    finally:
+        serve.delete(application["name"])
+    db = SQLSandbox(default_db_dirs() / "store.sqlite")
+    assert answer["error"] is None, answer
+    assert result_key([tuple(r) for r in answer["rows"]]) == result_key(db.execute("SELECT COUNT(*) FROM customers").rows)
+    assert [s["name"] for s in answer["stages"]][:3] == ["schema_linking", "candidate_generation", "execution"]
