@@ -15,27 +15,38 @@ from typing import Any
 METHODS = ("ngram", "layer_skip", "quantized", "draft_head", "draft_head_ngram", "draft_model")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompts", type=int, default=32,
-                        help="how many of the 32 held-out prompts (20 Text-to-SQL, 12 chat) to use, SQL and chat alternating")
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per prompt (default 96)")
-    parser.add_argument("--methods", default=",".join(METHODS),
+    parser.add_argument("--prompts", type=_positive, default=32,
+                        help="how many of the 32 held-out prompts (20 Text-to-SQL, 12 chat) to use, "
+                             "SQL and chat alternating (default 32)")
+    parser.add_argument("--max-new-tokens", type=_positive, default=96, help="tokens generated per prompt (default 96)")
+    parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated draft methods (default: all of {', '.join(METHODS)})")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--draft-model", default=None,
                         help="draft_model: a local HF directory or .gguf (default: a second, separate copy of "
                              "the target, the only model on this machine)")
 
 
 def _selected(args: argparse.Namespace) -> list[dict]:
-    from tessera.cli.errors import UserError
     from tessera.workers.llm.prompts import benchmark_prompts
 
     prompts = benchmark_prompts()
-    if not 1 <= args.prompts <= len(prompts):
-        raise UserError(f"--prompts: must be between 1 and {len(prompts)}, got {args.prompts}")
-    if args.max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens: must be positive, got {args.max_new_tokens}")
     sql = [p for p in prompts if p["kind"] == "sql"]
     chat = [p for p in prompts if p["kind"] == "chat"]
     mixed = [p for pair in zip(sql, chat) for p in pair] + sql[len(chat):]
@@ -43,16 +54,12 @@ def _selected(args: argparse.Namespace) -> list[dict]:
 
 
 def _configs(args: argparse.Namespace) -> dict[str, Any]:
-    from tessera.cli.errors import UserError
     from tessera.workers.llm.engine import default_gguf_path
     from tessera.workers.llm.specdec import SpecDecConfig
 
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise UserError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
     draft_model = args.draft_model or str(default_gguf_path())
-    return {m: SpecDecConfig(method=m, draft_model_path=draft_model if m == "draft_model" else None) for m in names}
+    return {m: SpecDecConfig(method=m, draft_model_path=draft_model if m == "draft_model" else None)
+            for m in args.methods}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
