@@ -115,8 +115,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     memo["settings"] = ops
     settings.posting.level = logging.WARNING  # Events only for what a user must act on
     settings.persistence.finalizer = "tessera.dev/operator"
-    settings.peering.mandatory = not (ops.standalone or ops.dev)
+    # kopf's --standalone, or ours; otherwise peering is required: no replica acts before it knows the others.
     settings.peering.standalone = settings.peering.standalone or ops.standalone or ops.dev
+    settings.peering.mandatory = not settings.peering.standalone
     if settings.peering.name == "default":
         settings.peering.name = ops.peering_name
     if settings.peering.priority == 0:
@@ -225,6 +226,11 @@ async def reconcile(body: Mapping[str, Any], state: OperatorState, logger: loggi
                 state.holdings[key] = desired.holding
                 if desired.fingerprint:
                     state.fingerprints[key] = desired.fingerprint
+                planned_watts: dict[str, float] = {}
+                for holding in {**holdings, key: desired.holding}.values():
+                    for budget, watts in holding.watts.items():
+                        planned_watts[budget] = planned_watts.get(budget, 0.0) + watts
+                metrics.budgets({n: b.spec.provisioned_watts for n, b in snapshot.budgets.items()}, planned_watts)
             if desired.replan_reasons:
                 logger.info(f"planned ({'; '.join(desired.replan_reasons)}): {desired.outcome}")
             if desired.solve_seconds is not None:

@@ -54,6 +54,9 @@ def test_operator_process_serves_metrics_and_the_admission_webhook(cluster, tmp_
         assert 'tessera_workflow_planned_usd_per_hour{namespace="default",workflow="qa"}' in text
         assert 'tessera_operator_workflows{phase="Deploying"} 1.0' in text
         assert "tessera_planner_solve_duration_seconds_count" in text
+        assert 'tessera_power_budget_provisioned_watts{budget="gpu-rows"} 40000.0' in text
+        planned = [line for line in text.splitlines() if line.startswith('tessera_power_budget_planned_watts{budget="gpu-rows"}')]
+        assert planned and float(planned[0].split()[-1]) > 0
 
         bad = workflow("broken")
         bad["spec"]["stages"][1]["dependsOn"] = ["nowhere"]
