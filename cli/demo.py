@@ -187,6 +187,13 @@ def render_report(summary: dict, metrics_url: str | None) -> str:
                      f"{row['latencyP50S']:.1f} s")
     stages = ", ".join(f"{name} {ms:,.0f} ms" for name, ms in summary["stageMeanMs"].items())
     lines.append(f"mean per stage: {stages}")
+    lines.append(f"{summary['generatedTokens']} tokens generated, {summary['sqlCandidatesExecuted']} SQL candidates "
+                 "executed (read-only, time-limited)")
+    if summary["specdecAcceptanceRate"] is not None:
+        lines.append(f"speculative decoding: acceptance rate {summary['specdecAcceptanceRate']:.0%}, "
+                     f"{summary['specdecTokensPerStep']:.2f} tokens per target step")
+    else:
+        lines.append("speculative decoding: no drafted tokens recorded")
     if metrics_url:
         lines.append(f"Prometheus metrics: {metrics_url}")
     return "\n".join(lines)
@@ -217,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         questions = dev_questions(Path(db_path).name, args.questions)
         records = send_burst(handle, questions)
         summary = summarize(records, questions, db_path)
+        summary.update(metric_figures())
         summary["demoSeconds"] = time.monotonic() - started
         print("[4/4] results", file=sys.stderr)
         print(json.dumps(summary) if args.output == "json" else render_report(summary, metrics_url))
@@ -234,10 +242,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_metrics(port: int) -> str | None:
-    if port == 0:
-        return None
-    import prometheus_client
+def metric_figures() -> dict:
+    """Figures the replicas recorded in Prometheus metrics (read back through the same exporter)."""
+    from tessera.workers.metrics import sample_sum
 
-    prometheus_client.start_http_server(port, addr="127.0.0.1")
-    return f"http://127.0.0.1:{port}/metrics"
+    drafted = sample_sum("tessera_specdec_drafted_tokens_total")
+    steps = sample_sum("tessera_specdec_target_steps_total")
+    accepted = sample_sum("tessera_specdec_accepted_tokens_total")
+    return {
+        "sqlCandidatesExecuted": int(sample_sum("tessera_sql_candidates_executed_total")),
+        "generatedTokens": int(sample_sum("tessera_llm_generated_tokens_total")),
+        "specdecAcceptanceRate": accepted / drafted if drafted else None,
+        "specdecTokensPerStep": (accepted + steps) / steps if steps else None,
+    }
+
+
+def start_metrics(port: int) -> str | None:
+    """Every Ray worker process writes its metrics into one folder; the demo serves them all (multiprocess mode)."""
+    import tempfile
+
+    from tessera.workers.metrics import MULTIPROC_DIR_ENV, serve_metrics
+
+    # Set before Ray starts, so that every replica process inherits it.
+    os.environ[MULTIPROC_DIR_ENV] = tempfile.mkdtemp(prefix="tessera-demo-metrics-")
+    return serve_metrics(port, addr="127.0.0.1") if port else None
