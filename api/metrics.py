@@ -99,7 +99,7 @@ WORKER_REPLICA_USD_PER_HOUR = MetricSpec(
     ("workflow", "stage", "replica", "hardware_class"),
 )
 WORKER_REPLICA_WATTS = MetricSpec(
-    "tessera_replica_power_watts", "gauge", "Power a running replica draws (power model at its measured busy fraction).",
+    "tessera_replica_power_watts", "gauge", "Power a running replica is planned to draw (its stage's expected watts per replica).",
     ("workflow", "stage", "replica", "hardware_class"),
 )
 WORKER_DEADLINE_MISSES = MetricSpec(

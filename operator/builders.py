@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tessera.api import API_VERSION, AgentWorkflow, HardwareClass, Plan, StagePlan
+from tessera.api import API_VERSION, AgentWorkflow, HardwareClass, Plan, Stage, StagePlan
 from tessera.operator.settings import OperatorSettings
 
 RAYSERVICE_API_VERSION = "ray.io/v1"
@@ -32,6 +32,10 @@ def child_name(workflow_name: str) -> str:
         return workflow_name
     digest = hashlib.sha256(workflow_name.encode()).hexdigest()[:8]
     return f"{workflow_name[:MAX_CHILD_NAME - 9].rstrip('-.')}-{digest}"
+
+
+WORKER_METRICS_DIR = "/tmp/tessera-metrics"
+WORKER_METRICS_PORT = 9100  # tessera.workers.metrics.DEFAULT_EXPORTER_PORT (the operator does not import workers)
 
 
 def build_labels(workflow: AgentWorkflow) -> dict[str, str]:
@@ -75,6 +79,22 @@ def build_actor_options(stage: StagePlan, hardware: HardwareClass) -> dict[str, 
     return {"num_cpus": 1, "num_gpus": gpus, "resources": {ray_resource(stage.hardware_class): stage.tensor_parallel}}
 
 
+def build_stage_args(planned: StagePlan, declared: Stage, classes: dict[str, HardwareClass]) -> dict[str, Any]:
+    """One stage's entry in the application's args: its placement, and what each replica costs and draws."""
+    args: dict[str, Any] = {
+        "hardwareClass": planned.hardware_class,
+        "replicas": planned.replicas,
+        "rayActorOptions": build_actor_options(planned, classes[planned.hardware_class]),
+        "usdPerHour": planned.usd_per_hour / planned.replicas,
+        "watts": planned.watts / planned.replicas,
+    }
+    if declared.speculative_decoding is not None:
+        args["speculativeDecoding"] = declared.speculative_decoding.to_wire()
+    if planned.draft_hardware_class:
+        args["draftHardwareClass"] = planned.draft_hardware_class
+    return args
+
+
 def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass]) -> dict[str, Any]:
     """The Serve application: the workers' builder with the plan in its args.
 
@@ -82,14 +102,8 @@ def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, H
     because the deployments' names belong to the application builder.
     """
     spec = workflow.spec
-    stages = {
-        name: {
-            "hardwareClass": stage.hardware_class,
-            "replicas": stage.replicas,
-            "rayActorOptions": build_actor_options(stage, classes[stage.hardware_class]),
-        }
-        for name, stage in plan.stages.items()
-    }
+    declared = {stage.name: stage for stage in spec.stages}
+    stages = {name: build_stage_args(stage, declared[name], classes) for name, stage in plan.stages.items()}
     args = {
         **spec.serve.args,
         "workflow": workflow.metadata.name,
@@ -141,12 +155,29 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
         requests[spec.resource_name] = str(per_pod)
     # KubeRay's format for custom resources: a quoted JSON object inside the string.
     custom = json.dumps({ray_resource(name): per_pod})
+    metrics_mount = {"name": "worker-metrics", "mountPath": WORKER_METRICS_DIR}
     pod_spec: dict[str, Any] = {
-        "containers": [{
-            "name": "ray-worker",
-            "image": image,
-            "resources": {"requests": requests, "limits": dict(requests)},
-        }],
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": image,
+                "resources": {"requests": requests, "limits": dict(requests)},
+                # Every Serve replica in the pod writes its Prometheus samples here (multiprocess mode) ...
+                "env": [{"name": "PROMETHEUS_MULTIPROC_DIR", "value": WORKER_METRICS_DIR}],
+                "volumeMounts": [metrics_mount],
+            },
+            {
+                # ... and this sidecar serves them all on the port the chart's PodMonitor scrapes.
+                "name": "metrics-exporter",
+                "image": image,
+                "command": ["python", "-m", "tessera.workers.metrics", "--port", str(WORKER_METRICS_PORT),
+                            "--dir", WORKER_METRICS_DIR],
+                "ports": [{"containerPort": WORKER_METRICS_PORT, "name": "metrics"}],
+                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}},
+                "volumeMounts": [metrics_mount],
+            },
+        ],
+        "volumes": [{"name": "worker-metrics", "emptyDir": {}}],
         "nodeSelector": hardware.selector(),
     }
     if spec.tolerations:

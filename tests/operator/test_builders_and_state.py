@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tessera.api import AgentWorkflow, HardwareClass, Plan, StagePlan, parse_resource
+from tessera.api import AgentWorkflow, HardwareClass, Plan, SpeculativeDecoding, StagePlan, parse_resource
 from tessera.cli.documents import load
 from tessera.operator.builders import (
     build_rayservice, build_worker_group, child_name, devices_by_class,
@@ -84,15 +84,34 @@ def test_rayservice_serve_config_carries_the_plan_and_the_user_args():
     assert (args["workflow"], args["namespace"]) == ("qa", "default")
     assert args["slo"]["latencyMs"] == 8000
     assert args["stages"]["answer"] == {"hardwareClass": "l40s", "replicas": 2, "rayActorOptions": {
-        "num_cpus": 1, "num_gpus": 1, "resources": {"tessera.dev/l40s": 1}}}
+        "num_cpus": 1, "num_gpus": 1, "resources": {"tessera.dev/l40s": 1}},
+        "usdPerHour": 0.5, "watts": 50.0}  # per replica: the stage's $1/h and 100 W over 2 replicas
     assert args["stages"]["file-ticket"]["rayActorOptions"]["num_gpus"] == 0
     cluster = child["spec"]["rayClusterConfig"]
     assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["cpu-epyc", "l40s"]
     images = {c["image"] for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]}
     assert images == {"my/img:1"}
+    for group in cluster["workerGroupSpecs"]:  # replicas write metrics into a shared folder, a sidecar serves it
+        worker, exporter = group["template"]["spec"]["containers"]
+        assert {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/tessera-metrics"} in worker["env"]
+        assert exporter["command"][:3] == ["python", "-m", "tessera.workers.metrics"]
+        assert exporter["ports"] == [{"containerPort": 9100, "name": "metrics"}]
+        assert worker["volumeMounts"] == exporter["volumeMounts"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert child["metadata"]["labels"]["tessera.dev/workflow"] == "qa"
+
+
+def test_speculative_decoding_and_draft_class_travel_to_the_workers():
+    wf = parsed(workflow("qa"))
+    wf.spec.stages[0].speculative_decoding = SpeculativeDecoding(method="ngram", draft_length=3)
+    child = build_rayservice(wf, plan(answer=stage("h100-sxm", draft="l4"), **{"file-ticket": stage("cpu-epyc")}),
+                             CLASSES, OperatorSettings())
+    stages = yaml.safe_load(child["spec"]["serveConfigV2"])["applications"][0]["args"]["stages"]
+    assert stages["answer"]["speculativeDecoding"]["method"] == "ngram"
+    assert stages["answer"]["speculativeDecoding"]["draftLength"] == 3
+    assert stages["answer"]["draftHardwareClass"] == "l4"
+    assert "speculativeDecoding" not in stages["file-ticket"]
 
 
 def test_child_names_stay_short_and_distinct():

@@ -55,6 +55,24 @@ class SpecDecConfig(BaseModel):
                 self.draft_head_path, self.draft_model_path)
 
 
+# AgentWorkflow's draft methods (camelCase on the wire) -> the engine's drafters.
+WORKFLOW_DRAFT_METHODS: dict[str, DraftMethod] = {
+    "ngram": "ngram", "layerSkip": "layer_skip", "quantized": "quantized", "draftHead": "draft_head_ngram",
+    "draftModel": "draft_model",
+}
+
+
+def from_workflow(spec: dict | None) -> SpecDecConfig | None:
+    """The engine's config for an AgentWorkflow stage's ``speculativeDecoding`` (wire form); None when off.
+
+    ``draftHead`` maps to the head combined with n-gram lookup, the faster of the two measured here.
+    """
+    if not spec or not spec.get("enabled", True):
+        return None
+    return SpecDecConfig(method=WORKFLOW_DRAFT_METHODS[spec.get("method", "draftHead")],
+                         max_draft_tokens=spec.get("draftLength", 4))
+
+
 def expected_tokens_per_step(alpha: float, draft_len: int) -> float:
     """Tokens one verification yields when each drafted token is accepted with probability alpha."""
     if alpha >= 1.0:

@@ -31,6 +31,7 @@ the answer is ``{"sql", "columns", "rows", "stages": [{"name", "ms"}], "latencyM
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,10 @@ class StageArgs(BaseModel):
     replicas: int = Field(default=1, ge=1)
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     max_ongoing_requests: int = Field(default=4, ge=1)
+    usd_per_hour: float = Field(default=0.0, ge=0)  # per replica, from the plan
+    watts: float = Field(default=0.0, ge=0)  # per replica, from the plan
+    speculative_decoding: dict[str, Any] | None = None  # the workflow stage's, as the operator passes it
+    draft_hardware_class: str | None = None  # where the plan puts the draft (colocated here: one process)
 
 
 class Text2SQLAppArgs(BaseModel):
@@ -140,12 +145,26 @@ def default_db_dirs() -> Path:
     return ensure_built()
 
 
+@dataclass(frozen=True)
+class ReplicaPlacement:
+    """Where the plan put a stage's replicas, and what one of them costs and draws (for the dashboards)."""
+
+    workflow: str
+    hardware_class: str
+    usd_per_hour: float = 0.0
+    watts: float = 0.0
+
+
 class _QueuedStage:
     """What every stage replica shares: its local queue and the routing stats the router reads."""
 
-    def _start_queue(self, stage: str, hardware_class: str, policy: str, concurrency: int) -> None:
+    def _start_queue(self, stage: str, placement: ReplicaPlacement, policy: str, concurrency: int) -> None:
         replica = serve.get_replica_context().replica_id.unique_id
-        self.work = ReplicaWorkQueue(stage, replica, replica_hardware_class(hardware_class), policy, concurrency)
+        hardware_class = replica_hardware_class(placement.hardware_class)
+        self.work = ReplicaWorkQueue(stage, replica, hardware_class, policy, concurrency)
+        labels = {"workflow": placement.workflow, "stage": stage, "replica": replica, "hardware_class": hardware_class}
+        make_metric(catalogue.WORKER_REPLICA_USD_PER_HOUR).labels(**labels).set(placement.usd_per_hour)
+        make_metric(catalogue.WORKER_REPLICA_WATTS).labels(**labels).set(placement.watts)
 
     def record_routing_stats(self) -> dict[str, Any]:
         return self.work.routing_stats()
@@ -153,27 +172,29 @@ class _QueuedStage:
 
 @serve.deployment
 class SchemaLinkingStage(_QueuedStage):
-    def __init__(self, hardware_class: str, policy: str):
+    def __init__(self, placement: ReplicaPlacement, policy: str):
         self.linker = SchemaLinker()
-        self._start_queue("schema_linking", hardware_class, policy, concurrency=2)
+        self._start_queue("schema_linking", placement, policy, concurrency=2)
 
     async def link(self, question, db_path, sched=None):
         return await self.work.run(sched, self.linker.link, question, db_path)
 
 
 class _LLMStage(_QueuedStage):
-    def _load(self, fewshot_db_dir: str, n_candidates: int) -> None:
+    def _load(self, fewshot_db_dir: str, n_candidates: int, speculative: dict | None) -> None:
         from tessera.workers.llm.engine import LLMEngine
+        from tessera.workers.llm.specdec import from_workflow
 
-        self.writer = SQLWriter(LLMEngine.load_default())
+        self.writer = SQLWriter(LLMEngine.load_default(), from_workflow(speculative))
         self.generator = CandidateGenerator(fewshot_db_dir, n=n_candidates)
 
 
 @serve.deployment
 class CandidateGenerationStage(_LLMStage):
-    def __init__(self, hardware_class: str, policy: str, fewshot_db_dir: str, n_candidates: int):
-        self._load(fewshot_db_dir, n_candidates)
-        self._start_queue("candidate_generation", hardware_class, policy, concurrency=1)
+    def __init__(self, placement: ReplicaPlacement, policy: str, fewshot_db_dir: str, n_candidates: int,
+                 speculative: dict | None = None):
+        self._load(fewshot_db_dir, n_candidates, speculative)
+        self._start_queue("candidate_generation", placement, policy, concurrency=1)
 
     async def write(self, question, linked, index: int, sched=None):
         """Candidate number ``index`` (0 is the greedy one) of this question."""
@@ -183,10 +204,11 @@ class CandidateGenerationStage(_LLMStage):
 
 @serve.deployment
 class SelfCorrectionStage(_LLMStage):
-    def __init__(self, hardware_class: str, policy: str, fewshot_db_dir: str, n_candidates: int):
-        self._load(fewshot_db_dir, n_candidates)
+    def __init__(self, placement: ReplicaPlacement, policy: str, fewshot_db_dir: str, n_candidates: int,
+                 speculative: dict | None = None):
+        self._load(fewshot_db_dir, n_candidates, speculative)
         self.corrector = SelfCorrector(self.generator)
-        self._start_queue("self_correction", hardware_class, policy, concurrency=1)
+        self._start_queue("self_correction", placement, policy, concurrency=1)
 
     async def revise(self, question, linked, failed, sched=None):
         return await self.work.run(sched, self.writer.write, self.corrector.call(question, linked, failed))
@@ -194,9 +216,9 @@ class SelfCorrectionStage(_LLMStage):
 
 @serve.deployment
 class ExecutionStage(_QueuedStage):
-    def __init__(self, hardware_class: str, policy: str):
+    def __init__(self, placement: ReplicaPlacement, policy: str):
         self.executor = SQLExecutor()
-        self._start_queue("execution", hardware_class, policy, concurrency=2)
+        self._start_queue("execution", placement, policy, concurrency=2)
 
     async def execute(self, candidates, db_path, sched=None):
         return await self.work.run(sched, self.executor.execute, candidates, db_path)
@@ -204,9 +226,9 @@ class ExecutionStage(_QueuedStage):
 
 @serve.deployment
 class SelectionStage(_QueuedStage):
-    def __init__(self, hardware_class: str, policy: str):
+    def __init__(self, placement: ReplicaPlacement, policy: str):
         self.selector = Selector()
-        self._start_queue("selection", hardware_class, policy, concurrency=2)
+        self._start_queue("selection", placement, policy, concurrency=2)
 
     async def select(self, candidates, sched=None):
         return await self.work.run(sched, self.selector.select, candidates)
@@ -303,14 +325,17 @@ def build_app(args: dict[str, Any] | None = None):
                    "request_router_config": router, "name": stage}
         if stage_args.ray_actor_options:
             options["ray_actor_options"] = stage_args.ray_actor_options
-        return deployment.options(**options).bind(stage_args.hardware_class, cfg.policy, *init_args)
+        placement = ReplicaPlacement(cfg.workflow, stage_args.hardware_class, stage_args.usd_per_hour, stage_args.watts)
+        return deployment.options(**options).bind(placement, cfg.policy, *init_args)
 
     # The ingress only awaits handles: it takes no CPU from the stages' replicas.
     return Text2SQLIngress.options(name="text2sql", ray_actor_options={"num_cpus": 0}).bind(
         deploy(SchemaLinkingStage, "schema_linking"),
-        deploy(CandidateGenerationStage, "candidate_generation", fewshot_dir, cfg.n_candidates),
+        deploy(CandidateGenerationStage, "candidate_generation", fewshot_dir, cfg.n_candidates,
+               cfg.stage("candidate_generation").speculative_decoding),
         deploy(ExecutionStage, "execution"),
-        deploy(SelfCorrectionStage, "self_correction", fewshot_dir, cfg.n_candidates),
+        deploy(SelfCorrectionStage, "self_correction", fewshot_dir, cfg.n_candidates,
+               cfg.stage("self_correction").speculative_decoding),
         deploy(SelectionStage, "selection"),
         cfg.model_dump(by_alias=True, exclude_none=True, mode="json"),
     )

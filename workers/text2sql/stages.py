@@ -69,17 +69,18 @@ class SchemaLinker:
 class SQLWriter:
     """The LLM side of generation and revision: runs one LLMCall on an LLMEngine."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, speculative=None):
         self.engine = engine
+        self.speculative = speculative  # a SpecDecConfig: used by greedy calls (the engine samples without it)
 
     def write(self, call: LLMCall) -> Candidate:
         prompt = self.engine.chat_prompt(call.messages)
         if call.grammar is None:
             out = self.engine.generate(prompt, max_new_tokens=call.max_new_tokens, temperature=call.temperature,
-                                       seed=call.seed)
+                                       seed=call.seed, speculative=self.speculative)
             return Candidate(prompts.extract_sql(out.text), out.mean_logprob, call.origin)
         out = self.engine.generate(prompt + SQL_PREFIX, max_new_tokens=call.max_new_tokens, stop=STOP,
-                                   temperature=call.temperature, seed=call.seed,
+                                   temperature=call.temperature, seed=call.seed, speculative=self.speculative,
                                    logits_processor=SQLGrammarProcessor(self.engine.tokenizer, sql_pattern(call.grammar),
                                                                      prefix=SQL_PREFIX))
         return Candidate(SQL_PREFIX + out.text.rstrip().rstrip(";"), out.mean_logprob, call.origin)
