@@ -18,5 +18,5 @@ for folder in FOLDERS:
 setup(
     package_dir=package_dir,
     packages=packages,
-    package_data={f"tessera.{folder}": ["**/*.yaml", "**/*.json", "**/*.sql", "**/*.txt"] for folder in FOLDERS},
+    package_data={f"tessera.{folder}": ["**/*.yaml", "**/*.json", "**/*.sql", "**/*.txt", "**/*.pt"] for folder in FOLDERS},
 )
