@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the AgentWorkflow to plan and serve (default: the Text-to-SQL example)")
     parser.add_argument("--inventory", default=str(DEFAULT_INVENTORY), metavar="PATH",
                         help="HardwareClasses, Nodes, ModelProfiles, PowerBudgets (default: examples/inventory)")
-    parser.add_argument("--questions", type=int, default=12, metavar="N", help="questions in the burst (default 12)")
+    parser.add_argument("--questions", type=int, default=9, metavar="N", help="questions in the burst (default 9)")
     parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT",
                         help="where the demo serves its Prometheus metrics (default 9091; 0: off)")
     parser.add_argument("--keep-running", action="store_true",
