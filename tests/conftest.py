@@ -57,3 +57,21 @@ def ray_local():
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_http_port(ray_local) -> int:
+    """Ray Serve started once on the session's Ray, its HTTP proxy on a free loopback port.
+
+    Every test that runs a Serve application goes through this, so none of them starts Serve with
+    other HTTP options first (Serve keeps the options of its first start).
+    """
+    import socket
+
+    from ray import serve
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port

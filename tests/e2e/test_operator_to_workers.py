@@ -57,7 +57,7 @@ def rayservice_of_example(tmp_path: Path) -> dict:
                         what="the RayService child")
 
 
-def test_the_operators_rayservice_answers_a_question(tmp_path, ray_local):
+def test_the_operators_rayservice_answers_a_question(tmp_path, serve_http_port):
     from ray import serve
 
     from tessera.workers.local import build_application, localize_application

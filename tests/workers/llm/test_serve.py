@@ -7,7 +7,8 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.model]
 
 
-def test_target_with_a_separate_draft_deployment_answers_like_plain_decoding(ray_local, llm_engine, sql_and_chat_prompts):
+def test_target_with_a_separate_draft_deployment_answers_like_plain_decoding(serve_http_port, llm_engine,
+                                                                           sql_and_chat_prompts):
     from ray import serve
 
     from tessera.workers.llm.serve import LLMServerConfig, build_app

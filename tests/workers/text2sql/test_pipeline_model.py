@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import urllib.request
 
 import pytest
@@ -53,16 +52,10 @@ def test_the_benchmark_reports_both_accuracies_on_a_question_file(llm_engine, t2
     json.dumps(result)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.model
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_the_serve_app_answers_over_a_handle_and_over_http(ray_local, t2s_dbs):
+def test_the_serve_app_answers_over_a_handle_and_over_http(serve_http_port, t2s_dbs):
     from ray import serve
 
     from tessera.workers.text2sql.app import build_app
@@ -72,8 +65,7 @@ def test_the_serve_app_answers_over_a_handle_and_over_http(ray_local, t2s_dbs):
     light = {"rayActorOptions": {"num_cpus": 0}}  # two candidates: concurrent calls to one replica
     app = build_app({"db": str(db), "fewshotDbDir": str(t2s_dbs), "nCandidates": 2, "maxRevisions": 1,
                      "policy": "wb-urgency", "alpha": 0.3, "stages": {s: light for s in STAGES}})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_http_port
     handle = serve.run(app, name="text2sql-test", route_prefix="/text2sql-test")
     try:
         out = handle.answer.remote(QUESTION, priority=2).result(timeout_s=600)
