@@ -523,6 +523,9 @@ class OperatorRun:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(30)
+        # kopf waits for a threading.Event stop flag in an executor thread; the dead loop never ends that
+        # wait, and the interpreter would hang at exit joining the thread. Setting the flag releases it.
+        self._stop.set()
 
 
 def scaled_nodes(copies: int) -> list[dict[str, Any]]:
