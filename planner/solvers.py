@@ -194,6 +194,12 @@ class _Search:
             watts[g][0] += sign * sum(w for c, w in opt.watts_by_class.items() if c in member)
             watts[g][1] += sign * sum(w * member[c] for c, w in opt.peak_watts_by_class.items() if c in member)
 
+    def move(self, dev, watts, choice: list[int], s: int, o: int) -> None:
+        """Put stage ``s`` on option ``o``, keeping the device and watt tallies in step."""
+        self._add(dev, watts, self.p.options[s][choice[s]], -1)
+        self._add(dev, watts, self.p.options[s][o], 1)
+        choice[s] = o
+
     def violation(self, dev, watts) -> float:
         """Total relative excess over every resource limit (0 when all hold)."""
         excess = 0.0
@@ -427,9 +433,7 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
         if best_move is None:
             return None
         s, o = best_move
-        search._add(dev, watts, problem.options[s][choice[s]], -1)
-        search._add(dev, watts, problem.options[s][o], 1)
-        choice[s] = o
+        search.move(dev, watts, choice, s, o)
         excess = search.violation(dev, watts)
 
     length, path = problem.critical_path(choice)
@@ -451,9 +455,7 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
         if best_move is None:
             return None
         s, o = best_move
-        search._add(dev, watts, problem.options[s][choice[s]], -1)
-        search._add(dev, watts, problem.options[s][o], 1)
-        choice[s] = o
+        search.move(dev, watts, choice, s, o)
         length, path = problem.critical_path(choice)
     return choice
 
@@ -494,9 +496,7 @@ def _descend(problem: Problem, search: _Search, choice: list[int], frozen: froze
 
     def apply(s: int, o: int) -> None:
         nonlocal head, tail
-        search._add(dev, watts, problem.options[s][choice[s]], -1)
-        search._add(dev, watts, problem.options[s][o], 1)
-        choice[s] = o
+        search.move(dev, watts, choice, s, o)
         head, tail = search.paths(choice)
 
     movable = [s for s in range(search.n) if s not in frozen]
@@ -607,9 +607,7 @@ def _improve_latency(problem: Problem, search: _Search, choice: list[int], budge
         if problem.critical_path(trial)[0] >= length - 1e-12:
             break  # another path of equal length: a single move cannot shorten the whole
         s, o = best_move
-        search._add(dev, watts, problem.options[s][choice[s]], -1)
-        search._add(dev, watts, problem.options[s][o], 1)
-        choice[s] = o
+        search.move(dev, watts, choice, s, o)
     # then the cheapest options that keep the latency reached
     search.slo = problem.critical_path(choice)[0]
     _descend(problem, search, choice)
