@@ -35,3 +35,13 @@ class Plan(WireModel):
     predicted: PredictedFigures | None = None
     binding_constraints: list[str] = Field(default_factory=list)
     solve_seconds: float = Field(default=0, ge=0)
+
+    def devices_by_class(self) -> dict[str, int]:
+        """Devices the plan holds per class: replicas x tensor-parallel degree, plus one per replica for a
+        draft placed on another class. The one place capacity is counted (planner, operator, builders)."""
+        held: dict[str, int] = {}
+        for stage in self.stages.values():
+            held[stage.hardware_class] = held.get(stage.hardware_class, 0) + stage.replicas * stage.tensor_parallel
+            if stage.draft_hardware_class and stage.draft_hardware_class != stage.hardware_class:
+                held[stage.draft_hardware_class] = held.get(stage.draft_hardware_class, 0) + stage.replicas
+        return held

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import networkx as nx
+from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ValidationError
 
 from tessera.api.common import API_VERSION
@@ -172,8 +174,51 @@ def workflow_problems(spec: AgentWorkflowSpec) -> list[FieldProblem]:
     return problems
 
 
-def _stage_problems(here: str, stage) -> list[FieldProblem]:
+# Which block each kind reads; a kind without one of its own needs an implementation.
+KIND_BLOCKS = {StageKind.llm: "llm", StageKind.retrieval: "retrieval", StageKind.tool: "tool", StageKind.sql: "sql"}
+_TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined)
+
+
+def _template_problems(here: str, stage) -> list[FieldProblem]:
+    """Templates that do not parse, named by field (they are rendered per request by the runtime)."""
+    fields = []
+    if stage.llm is not None:
+        fields += [("llm.prompt", stage.llm.prompt), ("llm.system", stage.llm.system)]
+    if stage.retrieval is not None:
+        fields.append(("retrieval.query", stage.retrieval.query))
+    if stage.tool is not None:
+        fields += [("tool.http.url", stage.tool.http.url), ("tool.http.body", stage.tool.http.body)]
+    if stage.sql is not None:
+        fields.append(("sql.query", stage.sql.query))
     problems = []
+    for field, source in fields:
+        if source is None:
+            continue
+        try:
+            _TEMPLATES.parse(source)
+        except TemplateSyntaxError as err:
+            problems.append(FieldProblem(f"{here}.{field}", f"template syntax error on line {err.lineno}: {err.message}"))
+    return problems
+
+
+def _kind_problems(here: str, stage) -> list[FieldProblem]:
+    problems = []
+    own = KIND_BLOCKS.get(stage.kind)
+    for block in KIND_BLOCKS.values():
+        if block != own and getattr(stage, block) is not None:
+            problems.append(FieldProblem(f"{here}.{block}", f"only {block} stages take {block}; this is a {stage.kind.value} stage"))
+    if stage.implementation is None:
+        if stage.kind is StageKind.transform:
+            problems.append(FieldProblem(f"{here}.implementation", "required for transform stages (module:function)"))
+        elif stage.kind is not StageKind.llm and getattr(stage, own) is None:
+            problems.append(FieldProblem(
+                f"{here}.{own}", f"required for {stage.kind.value} stages, unless an implementation is given"
+            ))
+    return problems + _template_problems(here, stage)
+
+
+def _stage_problems(here: str, stage) -> list[FieldProblem]:
+    problems = _kind_problems(here, stage)
     if stage.kind is StageKind.llm:
         for field, value in (("model", stage.model), ("inputTokens", stage.input_tokens),
                              ("outputTokens", stage.output_tokens)):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from tessera.api.common import Condition, DNSLabel, DNSSubdomain, ObjectMeta, WireModel
 from tessera.api.plan import Plan, PredictedFigures, StagePlan
@@ -45,6 +45,72 @@ class SpeculativeDecoding(WireModel):
     )
 
 
+ImportPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", max_length=256)]
+# A request's priority and a workflow's: higher is more urgent. Bounded so that it stays an ordinary
+# number everywhere it travels (queues, metrics labels, vLLM's priority scheduling).
+Priority = Annotated[int, Field(ge=-1000, le=1000)]
+
+
+class GenerationOptions(WireModel):
+    """How an llm stage decodes (the same names as the engines' and OpenAI's options)."""
+
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0, le=2, description="0 decodes greedily.")
+    stop: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=8)
+    grammar: str | None = Field(
+        default=None, max_length=65536,
+        description="An EBNF grammar (xgrammar / vLLM structured-outputs syntax) the output must match.",
+    )
+    json_schema: dict[str, Any] | None = Field(default=None, description="A JSON schema the output must match.")
+
+
+class LLMCall(WireModel):
+    """What an llm stage sends its model: templates over the request and the outputs it depends on."""
+
+    prompt: str = Field(
+        min_length=1, max_length=65536,
+        description="Jinja2 template (sandboxed) of the user message; sees input, outputs.<stage>, params, iteration.",
+    )
+    system: str | None = Field(default=None, max_length=65536, description="Jinja2 template of the system message.")
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)
+
+
+class RetrievalSpec(WireModel):
+    """A vector search in a Qdrant collection."""
+
+    collection: DNSSubdomain
+    top_k: int = Field(default=4, ge=1, le=100)
+    query: str = Field(default="{{ input }}", max_length=4096, description="Jinja2 template of the query text.")
+    url: str | None = Field(default=None, description="A Qdrant server; unset: the embedded local store.")
+    path: str | None = Field(
+        default=None, description="Folder of the embedded local store (unset with no url: in memory).",
+    )
+
+
+class HTTPCall(WireModel):
+    """An HTTP endpoint a tool stage calls."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str = Field(pattern=r"^https?://", max_length=2048, description="Jinja2 template of the URL.")
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = Field(default=None, max_length=65536, description="Jinja2 template of the body (JSON).")
+
+
+class ToolSpec(WireModel):
+    http: HTTPCall
+
+
+class SQLSpec(WireModel):
+    """A read-only, time-limited query on a database."""
+
+    database: str = Field(min_length=1, max_length=4096, description="Path of the SQLite database (opened read-only).")
+    query: str | None = Field(
+        default=None, max_length=65536,
+        description="Jinja2 template of the SELECT; unset: the implementation decides what runs.",
+    )
+    max_rows: int = Field(default=1000, ge=1, le=100000)
+
+
 class Stage(WireModel):
     name: DNSLabel
     kind: StageKind
@@ -65,6 +131,17 @@ class Stage(WireModel):
     retries: int = Field(default=0, ge=0, le=10)
     timeout_seconds: float = Field(default=60, gt=0)
     speculative_decoding: SpeculativeDecoding | None = None
+    # What the stage runs (see docs/runtime.md): a kind's own block, or an implementation by import path.
+    implementation: ImportPath | None = Field(
+        default=None,
+        description="module:function called with the stage's context (docs/runtime.md); "
+                    "required for transform stages, overrides the built-in behaviour of other kinds.",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Passed to the implementation as ctx.params.")
+    llm: LLMCall | None = Field(default=None, description="The prompt and generation options (llm stages).")
+    retrieval: RetrievalSpec | None = Field(default=None, description="The collection searched (retrieval stages).")
+    tool: ToolSpec | None = Field(default=None, description="The HTTP endpoint called (tool stages).")
+    sql: SQLSpec | None = Field(default=None, description="The database queried (sql stages).")
 
 
 class SLO(WireModel):
@@ -90,12 +167,18 @@ class Placement(WireModel):
     objective: Objective = Objective.tco
 
 
+DEFAULT_SERVE_IMPORT_PATH = "tessera.workers.runtime.app:build_app"
+
+
 class ServeApplication(WireModel):
     """The Ray Serve application that runs the stages; the operator adds the plan to its args."""
 
-    import_path: str = Field(
-        default="tessera.workers.app:build_app", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="module:function building the Serve application (a Ray Serve application builder).",
+    import_path: ImportPath = Field(
+        default=DEFAULT_SERVE_IMPORT_PATH,
+        description="module:function building the Serve application (default: Tessera's workflow runtime).",
+    )
+    policy: Literal["rr-fcfs", "rr-urgency", "wb-fcfs", "wb-urgency"] = Field(
+        default="wb-urgency", description="Global dispatch (rr | wb) and replica queue (fcfs | urgency) of every stage.",
     )
     image: str | None = Field(default=None, description="Container image of the Ray pods (default: the operator's).")
     args: dict[str, Any] = Field(default_factory=dict, description="Extra arguments for the application builder.")
@@ -104,7 +187,7 @@ class ServeApplication(WireModel):
 class AgentWorkflowSpec(WireModel):
     stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
     slo: SLO
-    priority: int = Field(default=0, description="Higher is more urgent.")
+    priority: Priority = Field(default=0, description="Higher is more urgent (-1000 to 1000).")
     placement: Placement = Field(default_factory=Placement)
     suspend: bool = Field(default=False, description="Remove the running children; keep the status.")
     dry_run: bool = Field(default=False, description="Plan only; create no children.")
@@ -139,6 +222,8 @@ class AgentWorkflow(WireModel):
 
 
 __all__ = [
-    "AgentWorkflow", "AgentWorkflowSpec", "AgentWorkflowStatus", "DraftMethod", "Objective", "Phase",
-    "Placement", "Plan", "PredictedFigures", "SLO", "ServeApplication", "SpeculativeDecoding", "Stage", "StageKind", "StagePlan",
+    "DEFAULT_SERVE_IMPORT_PATH", "AgentWorkflow", "AgentWorkflowSpec", "AgentWorkflowStatus", "DraftMethod",
+    "GenerationOptions", "HTTPCall", "ImportPath", "LLMCall", "Objective", "Phase", "Placement", "Plan",
+    "PredictedFigures", "Priority", "RetrievalSpec", "SLO", "SQLSpec", "ServeApplication", "SpeculativeDecoding",
+    "Stage", "StageKind", "StagePlan", "ToolSpec",
 ]

@@ -11,7 +11,7 @@ def stage(name: str, *, kind: str = "llm", deps: list[str] | None = None, **fiel
     if kind == "llm":
         body.update(model="llama-3-1-8b", inputTokens=500, outputTokens=50)
     else:
-        body.update(measuredLatencyMs=20)
+        body.update(measuredLatencyMs=20, implementation="tessera.workers.runtime.builtins:identity")
     body.update(fields)
     return body
 

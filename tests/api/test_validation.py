@@ -118,3 +118,35 @@ def test_valid_power_budget():
 
 def test_non_mapping_document():
     assert problems_of(["not", "a", "mapping"]) == ["expected a mapping, got list"]
+
+
+# What each stage kind runs: its own block, or an implementation.
+RUNS_CASES = [
+    ("retrieval without a collection", workflow([stage("r", kind="retrieval", implementation=None)]),
+     "spec.stages[0].retrieval: required for retrieval stages, unless an implementation is given"),
+    ("transform without implementation", workflow([stage("t", kind="transform", implementation=None)]),
+     "spec.stages[0].implementation: required for transform stages (module:function)"),
+    ("tool without endpoint", workflow([stage("t", kind="tool", implementation=None)]),
+     "spec.stages[0].tool: required for tool stages, unless an implementation is given"),
+    ("an llm block on a sql stage", workflow([stage("s", kind="sql", llm={"prompt": "hi"})]),
+     "spec.stages[0].llm: only llm stages take llm; this is a sql stage"),
+    ("a prompt that does not parse", workflow([stage("a", llm={"prompt": "{{ input "})]),
+     "spec.stages[0].llm.prompt: template syntax error on line 1"),
+    ("a bad import path", workflow([stage("t", kind="transform", implementation="not a path")]),
+     "spec.stages[0].implementation: String should match pattern"),
+    ("an http tool without scheme", workflow([stage("t", kind="tool", implementation=None,
+                                                     tool={"http": {"url": "example.com"}})]),
+     "spec.stages[0].tool.http.url: String should match pattern"),
+]
+
+
+@pytest.mark.parametrize("doc,expected", [c[1:] for c in RUNS_CASES], ids=[c[0] for c in RUNS_CASES])
+def test_what_a_stage_runs_is_checked(doc, expected):
+    with pytest.raises(ResourceError) as err:
+        parse_resource(doc)
+    assert any(str(p).startswith(expected) for p in err.value.problems), err.value.problems
+
+
+def test_an_llm_stage_may_omit_its_prompt():
+    """The runtime's default prompt is the request's input, so a chat stage needs no template."""
+    parse_resource(workflow([stage("a")]))

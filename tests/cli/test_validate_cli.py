@@ -33,8 +33,8 @@ BAD_INPUTS = [
     (WF_HEAD + OK_STAGES + "    - {name: b, kind: llm, model: m, inputTokens: 10, outputTokens: 5, dependsOn: [x]}\n",
      "AgentWorkflow/wf: spec.stages[1].dependsOn[0]: unknown stage 'x'"),
     (WF_HEAD + "  slo: {latencyMs: 1000}\n  stages:\n"
-     "    - {name: a, kind: tool, measuredLatencyMs: 5, dependsOn: [b]}\n"
-     "    - {name: b, kind: tool, measuredLatencyMs: 5, dependsOn: [a]}\n",
+     "    - {name: a, kind: tool, implementation: m:f, measuredLatencyMs: 5, dependsOn: [b]}\n"
+     "    - {name: b, kind: tool, implementation: m:f, measuredLatencyMs: 5, dependsOn: [a]}\n",
      "AgentWorkflow/wf: spec.stages: dependency cycle"),
     (WF_HEAD + OK_STAGES.replace("latencyMs: 1000", "latencyMs: 1000, percentile: 100"),
      "AgentWorkflow/wf: spec.slo.percentile: Input should be less than 100"),

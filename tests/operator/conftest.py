@@ -21,7 +21,8 @@ def workflow(name: str, namespace: str = "default", **spec: Any) -> dict[str, An
             "slo": {"latencyMs": 8000, "percentile": 95, "requestsPerSecond": 2},
             "stages": [
                 {"name": "answer", "kind": "llm", "model": "llama-3-1-8b", "inputTokens": 600, "outputTokens": 150},
-                {"name": "file-ticket", "kind": "tool", "measuredLatencyMs": 100, "dependsOn": ["answer"]},
+                {"name": "file-ticket", "kind": "tool", "measuredLatencyMs": 100, "dependsOn": ["answer"],
+                 "implementation": "tessera.workers.runtime.builtins:identity"},
             ],
         },
     }

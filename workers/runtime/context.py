@@ -1,0 +1,51 @@
+"""What an implementation named by a stage's ``implementation`` receives: its :class:`StageContext`.
+
+The one documented signature (docs/runtime.md)::
+
+    def my_stage(ctx: StageContext) -> Any          # runs in a worker thread
+    async def my_stage(ctx: StageContext) -> Any    # awaited on the replica's event loop
+
+The return value is the stage's output: anything JSON can carry. It reaches the stages that depend
+on this one as ``ctx.outputs[<this stage's name>]`` (a list, one item per call, when this stage fans
+out) and the templates as ``outputs.<name>``. Raising fails the call; the runtime retries it up to
+the stage's ``retries`` and then fails the request with an error naming the stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tessera.api.workflow import GenerationOptions
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer."""
+
+    text: str
+    tokens: int = 0
+    finish_reason: str = "stop"  # stop | length
+
+
+class LLMClient(Protocol):
+    """The model deployment a stage's ``model`` names, as the plan places it (shared by stages)."""
+
+    async def generate(self, prompt: str, options: GenerationOptions | None = None, *,
+                       system: str | None = None, **overrides: Any) -> Completion:
+        """``overrides`` are GenerationOptions fields (max_tokens, temperature, stop, grammar, json_schema)."""
+        ...
+
+
+@dataclass
+class StageContext:
+    stage: str
+    input: Any  # the request's input
+    outputs: dict[str, Any]  # dependency name -> its output (a list when it fanned out)
+    params: dict[str, Any] = field(default_factory=dict)  # the stage's ``params`` from the workflow
+    priority: int = 0
+    deadline_s: float = float("inf")  # absolute, on the time.time() clock
+    fan_index: int = 0  # which of the stage's fanOut parallel calls this is
+    iteration: int = 0  # which of the stage's sequential iterations this is
+    previous: Any = None  # this stage's output from the previous iteration
+    llm: LLMClient | None = None  # set for stages with a model
