@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = [
     "plan",
     "simulate",
     "text2sql",
+    "index",
     "bench",
     "demo",
 ]
