@@ -1,17 +1,22 @@
 """``tessera bench operator``: many AgentWorkflows applied at once to an emulated cluster, until all are planned.
 
-The emulated API server runs in its own process (``python -m tessera.operator.testing``), so that the
+The emulated API server runs in its own process (``python -m tessera_devtools.cluster``), so that the
 figures are the operator's: its wall time until every workflow has a Planned condition, the per-object
 reconcile latency (the handler's own time, and creation to Planned), and its peak RSS. Baseline, measured
 in the same run: the planner alone, i.e. the sum of the solve times the plans report; the rest of
 ``allPlannedSeconds`` is the operator's and the API's overhead.
+
+The emulated cluster is development tooling, not part of the wheel: ``tests/support/tessera_devtools``
+of a repository checkout, with the ``dev`` extra (kmock) installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -24,6 +29,9 @@ from typing import Any
 GOAL_SECONDS = 60
 GOAL_RSS_MB = 500
 API = "tessera.dev/v1alpha1"
+SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"  # the harness, in a repository checkout
+NEEDS = ("tessera bench operator needs the emulated cluster of a repository checkout (tests/support) and kmock: "
+         "run it from the checkout with `pip install -e '.[dev]'`")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,14 +58,23 @@ def bench_workflow(i: int) -> dict[str, Any]:
     }
 
 
-def _inventory(node_copies: int) -> list[dict[str, Any]]:
-    import yaml
+def devtools() -> Any:
+    """The development harness (``tessera_devtools``); one line and exit code 2 when it is not there."""
+    if SUPPORT.is_dir() and str(SUPPORT) not in sys.path:
+        sys.path.insert(0, str(SUPPORT))
+    try:
+        return importlib.import_module("tessera_devtools")
+    except ImportError as err:
+        print(f"error: {NEEDS} ({err})", file=sys.stderr)
+        raise SystemExit(2) from None
 
-    from tessera.operator.testing import EXAMPLES
+
+def _inventory(node_copies: int, examples: Path) -> list[dict[str, Any]]:
+    import yaml
 
     docs = []
     for name in ("hardware-classes.yaml", "model-profiles.yaml", "power-budget.yaml"):
-        docs += [d for d in yaml.safe_load_all((EXAMPLES / "inventory" / name).read_text()) if d]
+        docs += [d for d in yaml.safe_load_all((examples / "inventory" / name).read_text()) if d]
     for doc in docs:  # the budget grows with the fleet
         if doc["kind"] == "PowerBudget":
             doc["spec"]["provisionedWatts"] *= node_copies
@@ -85,21 +102,22 @@ def _seconds(stamp: str) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from tessera.operator.testing import ClusterClient, OperatorRun
-
+    tools = devtools()
     logging.getLogger().setLevel(logging.WARNING)
-    server = subprocess.Popen([sys.executable, "-P", "-m", "tessera.operator.testing", "--node-copies",
-                               str(args.node_copies)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, "-P", "-m", "tessera_devtools.cluster", "--node-copies",
+                               str(args.node_copies)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=env)
     try:
         line = server.stdout.readline() if server.stdout else ""
         if not line:
             raise RuntimeError("the emulated API server did not start")
         info = json.loads(line)
-        cluster = ClusterClient(info["url"], Path(info["kubeconfig"]))
-        for doc in _inventory(args.node_copies):
+        cluster = tools.ClusterClient(info["url"], Path(info["kubeconfig"]))
+        for doc in _inventory(args.node_copies, tools.EXAMPLES):
             cluster.create(doc)
         workflows = [bench_workflow(i) for i in range(args.workflows)]
-        with OperatorRun(cluster) as operator:
+        with tools.OperatorRun(cluster) as operator:
             started = time.time()
             with ThreadPoolExecutor(8) as pool:  # "at once": as fast as the API server takes them
                 list(pool.map(cluster.create, workflows))

@@ -1,7 +1,7 @@
 """Serves Tessera's metrics for the Prometheus end-to-end test: the operator's and the workers' /metrics.
 
 ``--role operator``: the real operator (kopf with Tessera's handlers) reconciles the example inventory
-and workflows in kmock's emulated cluster (``tessera.operator.testing``) and serves its metrics with
+and workflows in kmock's emulated cluster (``tessera_devtools``, under tests/support) and serves its metrics with
 ``tessera.operator.metrics.serve``, as it does in its pod. A user keeps changing the chat workflow's
 planned request rate in a one-minute sine wave, so the operator keeps replanning (cheaper, slower
 hardware when fewer requests are expected). The workflows with their current plans are written to
@@ -52,8 +52,11 @@ def poisson(mean: float) -> int:
 
 # --- the operator ------------------------------------------------------------------------------------
 def run_operator(port: int, plans_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # run as a script: add the dev harness
     from tessera.operator.metrics import serve
-    from tessera.operator.testing import EXAMPLES, EmulatedCluster, OperatorRun
+    from tessera_devtools import EXAMPLES, EmulatedCluster, OperatorRun
 
     api = ("tessera.dev/v1alpha1", "agentworkflows")
     with EmulatedCluster(nodes=EmulatedCluster.example_nodes()) as cluster:

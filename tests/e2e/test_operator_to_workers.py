@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tessera.operator.builders import child_name
-from tessera.operator.testing import EmulatedCluster, OperatorRun, wait_for
+from tessera_devtools import EmulatedCluster, OperatorRun, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tessera.operator.testing import EXAMPLES, EmulatedCluster, OperatorRun, wait_for
+from tessera_devtools import EXAMPLES, EmulatedCluster, OperatorRun, wait_for
 
 API = "tessera.dev/v1alpha1"
 INVENTORY = [EXAMPLES / "inventory" / f for f in ("hardware-classes.yaml", "model-profiles.yaml", "power-budget.yaml")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from tessera.operator.inventory import Holding, reserved_by_others, still_fits
 from tessera.operator.reconcile import status_patch
 from tessera.operator.settings import OperatorSettings
 from tessera.operator.webhook import admission_problems
-from tessera.operator.testing import EXAMPLES
+from tessera_devtools import EXAMPLES
 
 from .conftest import workflow
 
@@ -78,7 +79,7 @@ def test_rayservice_serve_config_carries_the_plan_and_the_user_args():
     p = plan(answer=stage("l40s", replicas=2), **{"file-ticket": stage("cpu-epyc")})
     child = build_rayservice(wf, p, CLASSES, OperatorSettings())
     app = yaml.safe_load(child["spec"]["serveConfigV2"])["applications"][0]
-    assert app["import_path"] == "tessera.workers.app:build_app"
+    assert app["import_path"] == wf.spec.serve.import_path == "tessera.workers.runtime.app:build_app"
     args = app["args"]
     assert args["policy"] == "wb-urgency" and args["priority"] == 3
     assert (args["workflow"], args["namespace"]) == ("qa", "default")
@@ -179,3 +180,18 @@ def test_the_webhook_rejects_with_the_words_of_tessera_validate(tmp_path):
     for line in lines:
         assert line.split(": AgentWorkflow/broken: ", 1)[1] in message
     assert admission_problems(workflow("fine")) is None
+
+
+def test_bench_operator_names_what_it_needs_without_the_harness(tmp_path):
+    """Outside a checkout (no tests/support, no tessera_devtools on the path): one line, exit code 2."""
+    import subprocess
+    import sys
+
+    code = ("import pathlib, tessera.operator.bench as bench; "
+            "bench.SUPPORT = pathlib.Path('/nonexistent/tests/support'); bench.devtools()")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tests/support" in lines[0] and "kmock" in lines[0], result.stderr

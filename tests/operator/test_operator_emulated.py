@@ -9,7 +9,7 @@ import yaml
 
 from tessera.operator.builders import devices_by_class
 from tessera.api import Plan
-from tessera.operator.testing import EmulatedCluster, OperatorRun, wait_for
+from tessera_devtools import EmulatedCluster, OperatorRun, wait_for
 
 from .conftest import (
     API, INVENTORY, condition, get_rayservice, get_workflow, phase, wait_status, workflow,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
-from tessera.operator.testing import wait_for
+from tessera_devtools import wait_for
 
 from .conftest import deployed_phase, wait_status, workflow
 

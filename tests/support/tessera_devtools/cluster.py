@@ -1,10 +1,12 @@
-"""An in-process Kubernetes API for tests, the benchmark and demos: kmock's emulator with the Tessera resources.
+"""An in-process Kubernetes API for tests and ``tessera bench operator``: kmock's emulator with Tessera's resources.
 
 ``EmulatedCluster`` serves kmock's ``KubernetesEmulator`` on loopback HTTP in a background thread, registers
 the resources the operator touches (the four Tessera CRDs, KubeRay's RayService, Nodes, Events, kopf's
 peering objects) and writes a kubeconfig, so that the real operator, ``kubectl`` and the ``kubernetes``
-client all talk to it as to a cluster. ``OperatorRun`` runs the real operator (``kopf.operator``) against
-it in another thread.
+client all talk to it as to a cluster (``operator_run.OperatorRun`` runs the real operator against it).
+
+kmock's own pytest fixture serves the emulator in the test's event loop, which a synchronous test blocks
+while it waits for the operator; so the emulator here runs in a thread of its own.
 
 The emulator stores objects as plain JSON and merges patches; ``ClusterEmulator`` adds the few API-server
 behaviours the operator relies on: uid, creationTimestamp, resourceVersion, ``metadata.generation`` bumped
@@ -39,7 +41,7 @@ from typing_extensions import override
 from tessera.api.crdgen import RESOURCES as CRD_RESOURCES
 from tessera.api.crdgen import build_crds
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 # (group/version/plural, kind, namespaced, singular, short names, has a status subresource)
 BUILTIN_RESOURCES: tuple[tuple[str, str, bool, str, tuple[str, ...], bool], ...] = (
@@ -452,82 +454,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float 
         time.sleep(interval)
 
 
-class OperatorRun:
-    """The real operator (``kopf.operator`` with Tessera's handlers) in a background thread.
-
-    ``stop()`` shuts it down as SIGTERM would; ``kill()`` stops its event loop dead, as SIGKILL would:
-    no cleanup runs and whatever it was doing is abandoned.
-    """
-
-    def __init__(self, cluster: EmulatedCluster, *, namespaces: Iterable[str] = (), standalone: bool = True,
-                 priority: int | None = None, **settings: Any):
-        from tessera.operator.settings import OperatorSettings
-
-        self.settings = OperatorSettings(kubeconfig=str(cluster.kubeconfig), metrics_port=0,
-                                         namespaces=list(namespaces), standalone=standalone,
-                                         **({"peering_priority": priority} if priority is not None else {}),
-                                         **settings)
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.memo: Any = None
-        self.failure: BaseException | None = None
-
-    def __enter__(self) -> "OperatorRun":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> "OperatorRun":
-        import kopf
-
-        import tessera.operator.main  # noqa: F401  (registers the handlers)
-
-        self.memo = kopf.Memo(settings=self.settings)
-        self._thread = threading.Thread(target=self._run, name="tessera-operator", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(60):
-            raise RuntimeError(f"the operator did not start: {self.failure!r}")
-        return self
-
-    def _run(self) -> None:
-        import kopf
-
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        ops = self.settings
-        try:
-            loop.run_until_complete(kopf.operator(
-                clusterwide=not ops.namespaces, namespaces=ops.namespaces, standalone=ops.standalone,
-                priority=ops.peering_priority, peering_name=ops.peering_name,
-                memo=self.memo, stop_flag=self._stop, ready_flag=self._ready,
-            ))
-        except BaseException as err:  # kill() ends here ("Event loop stopped before Future completed")
-            self.failure = err
-            self._ready.set()
-
-    @property
-    def state(self) -> Any:
-        """The operator's per-run state (``handlers.OperatorState``)."""
-        return self.memo.get("tessera")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def kill(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(30)
-        # kopf waits for a threading.Event stop flag in an executor thread; the dead loop never ends that
-        # wait, and the interpreter would hang at exit joining the thread. Setting the flag releases it.
-        self._stop.set()
-
-
 def scaled_nodes(copies: int) -> list[dict[str, Any]]:
     """The example Nodes, ``copies`` times each (a larger fleet for the benchmark)."""
     out = []
@@ -543,7 +469,7 @@ def scaled_nodes(copies: int) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     """Serve an emulated cluster until stdin closes; print {"url", "kubeconfig"} as one JSON line first.
 
-    ``python -m tessera.operator.testing --node-copies 20`` (the benchmark runs it in its own process,
+    ``python -m tessera_devtools.cluster --node-copies 20`` (the benchmark runs it in its own process,
     so that the operator's memory and CPU are measured apart from the API server's).
     """
     import argparse
