@@ -12,10 +12,8 @@ a millisecond and adds no 90 MB model; embeddings were not measured against it.
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 from tessera.workers.text2sql.sandbox import SQLSandbox
 
@@ -73,11 +71,13 @@ class Schema:
 
     @classmethod
     def load(cls, db_path: str | Path) -> "Schema":
+        """The schema of a SQLite file; SQLError (kind ``corrupt`` or ``unavailable``) names a file that
+        cannot be read, FileNotFoundError one that does not exist."""
         sandbox = SQLSandbox(db_path)
         tables = sandbox.schema()
-        values: dict[tuple[str, str], list[str]] = {}
-        conn = sqlite3.connect(f"file:{quote(str(Path(db_path).resolve()))}?mode=ro", uri=True)
-        try:
+
+        def category_values(conn) -> dict[tuple[str, str], list[str]]:
+            values = {}
             for table, columns in tables.items():
                 for column, decl in columns:
                     if "CHAR" in decl.upper() or "TEXT" in decl.upper() or not decl:
@@ -86,9 +86,9 @@ class Schema:
                             (MAX_DISTINCT_VALUES + 1,)).fetchall()
                         if len(rows) <= MAX_DISTINCT_VALUES:
                             values[(table, column)] = [r[0] for r in rows]
-        finally:
-            conn.close()
-        return cls(tables, sandbox.foreign_keys(), values)
+            return values
+
+        return cls(tables, sandbox.foreign_keys(), sandbox.read(category_values))
 
     def columns(self, table: str) -> list[str]:
         return [c for c, _ in self.tables[table]]

@@ -105,3 +105,87 @@ def test_the_generator_is_deterministic(tmp_path, t2s_dbs):
         a = sqlite3.connect(again / f"{name}.sqlite").iterdump()
         b = sqlite3.connect(t2s_dbs / f"{name}.sqlite").iterdump()
         assert list(a) == list(b)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT printf('%.*c', 999999999, 'x')",  # one step builds a gigabyte: the progress handler never runs
+    "SELECT length(format('%.*c', 999999999, 'x'))",
+    "SELECT zeroblob(999999999)",
+    "SELECT length(randomblob(999999999))",
+    "SELECT fts3_tokenizer('simple')",  # returns a heap pointer
+    "SELECT load_extension('/tmp/evil.so')",
+])
+def test_functions_outside_the_allowlist_are_refused_at_once(t2s_dbs, sql):
+    started = time.monotonic()
+    with pytest.raises(SQLError) as err:
+        SQLSandbox(t2s_dbs / "store.sqlite").execute(sql)
+    assert err.value.kind == "refused" and "not authorized" in str(err.value)
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT length(replace(hex(substr(quote(name), 1, 1)), '2', (SELECT group_concat(name) FROM customers))) "
+    "FROM customers",
+    "WITH RECURSIVE s(x) AS (SELECT 'ab' UNION ALL SELECT x || x FROM s) SELECT length(x) FROM s",
+])
+def test_no_value_grows_past_the_length_limit(t2s_dbs, sql):
+    from tessera.workers.text2sql.sandbox import MAX_VALUE_BYTES
+
+    try:
+        result = SQLSandbox(t2s_dbs / "store.sqlite", timeout_s=1.0).execute(sql)
+    except SQLError as err:
+        assert err.kind in ("too_large", "timeout")
+        return
+    assert max(row[0] for row in result.rows) <= MAX_VALUE_BYTES
+
+
+def test_allowed_functions_still_run(t2s_dbs):
+    result = SQLSandbox(t2s_dbs / "store.sqlite").execute(
+        "SELECT COUNT(*), ROUND(AVG(price), 1), MAX(LENGTH(name)), strftime('%Y', '2024-05-01'), "
+        "COALESCE(NULL, 1) FROM products WHERE name LIKE '%o%' AND category IN ('Books', 'Toys')")
+    assert result.rows[0][3] == "2024" and result.rows[0][0] > 0
+
+
+def test_a_memory_error_is_a_failed_candidate(t2s_dbs, monkeypatch):
+    def exhausted(self):
+        raise MemoryError
+
+    monkeypatch.setattr(SQLSandbox, "connect", exhausted)
+    with pytest.raises(SQLError) as err:
+        SQLSandbox(t2s_dbs / "store.sqlite").execute("SELECT 1")
+    assert err.value.kind == "too_large"
+
+
+def test_a_locked_database_fails_fast_as_unavailable(t2s_dbs, tmp_path):
+    from tessera.workers.text2sql.schema import Schema
+
+    db = tmp_path / "locked.sqlite"
+    db.write_bytes((t2s_dbs / "store.sqlite").read_bytes())
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(SQLError) as err:
+            SQLSandbox(db).execute("SELECT COUNT(*) FROM customers")
+        assert err.value.kind == "unavailable"
+        with pytest.raises(SQLError) as err:
+            Schema.load(db)
+        assert err.value.kind == "unavailable" and "locked.sqlite" in str(err.value)
+        assert time.monotonic() - started < 1.5  # not sqlite3's 5 s busy wait, twice
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_corrupt_file_gets_a_clear_error_from_schema_linking_and_execution(tmp_path):
+    from tessera.workers.text2sql.stages import SchemaLinker
+
+    db = tmp_path / "corrupt.sqlite"
+    db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SQLError) as err:
+        SchemaLinker().link("How many customers are there?", str(db))
+    assert err.value.kind == "corrupt"
+    assert str(err.value).startswith("database corrupt.sqlite: is not a readable SQLite database")
+    with pytest.raises(SQLError) as err:
+        SQLSandbox(db).execute("SELECT 1 FROM customers")
+    assert err.value.kind == "corrupt"
