@@ -7,7 +7,7 @@ would shadow the standard library's module), so every folder is installed under
 
 from setuptools import find_packages, setup
 
-FOLDERS = ["api", "cli", "planner", "workers", "operator", "sim"]
+FOLDERS = ["api", "cli", "planner", "workers", "operator", "sim", "examples"]
 
 package_dir = {f"tessera.{folder}": folder for folder in FOLDERS}
 packages = []

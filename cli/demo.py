@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from tessera.cli.errors import UserError
+from tessera.examples import example_path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = example_path()
 DEFAULT_WORKFLOW = EXAMPLES / "workflows" / "text2sql.yaml"
 DEFAULT_INVENTORY = EXAMPLES / "inventory"
 # (priority, deadline seconds): urgent interactive questions, normal ones, and batch work.

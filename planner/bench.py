@@ -19,7 +19,7 @@ from tessera.api import AgentWorkflow
 from tessera.api.workflow import Objective
 from tessera.planner.inventory import Inventory
 from tessera.planner.planning import plan_workflow
-from tessera.planner.synthetic import REPO_EXAMPLES, example_inventory, load_examples, random_inventory, random_workflow, with_slo
+from tessera.planner.synthetic import EXAMPLES, example_inventory, load_examples, random_inventory, random_workflow, with_slo
 
 MODELS = ["llama-3-1-8b", "llama-3-1-70b"]
 GAP_GOAL_MEDIAN_PCT, GAP_GOAL_MAX_PCT = 0.0, 3.0
@@ -29,8 +29,8 @@ FAST_GOAL_S, EXACT_GOAL_S = 1.0, 10.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=60, help="random instances for the optimality gap (default 60)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the random instances (default 7)")
-    parser.add_argument("--examples", type=Path, default=REPO_EXAMPLES,
-                        help="the examples folder: inventory/ and workflows/ (default: the repository's)")
+    parser.add_argument("--examples", type=Path, default=EXAMPLES,
+                        help="the examples folder: inventory/ and workflows/ (default: the examples shipped with Tessera)")
     parser.add_argument("--newest", default="h200", help="the newest class, for the homogeneous baseline (default h200)")
 
 

@@ -10,15 +10,16 @@ import yaml
 
 from tessera.api import AgentWorkflowSpec, HardwareClass, ModelProfile, PowerBudget, parse_resource
 from tessera.api.workflow import Objective
+from tessera.examples import example_path
 from tessera.planner.inventory import Inventory, PowerGroup
 
-REPO_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = example_path()
 
 
 def load_examples(path: Path) -> list:
     """Tessera objects (and Node dicts) from a folder of YAML, e.g. examples/inventory."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such folder (the benchmark reads the repository's examples)")
+        raise FileNotFoundError(f"{path}: no such folder")
     out = []
     for file in sorted(path.rglob("*.yaml")):
         for body in yaml.safe_load_all(file.read_text()):
@@ -28,7 +29,7 @@ def load_examples(path: Path) -> list:
     return out
 
 
-def example_inventory(folder: Path = REPO_EXAMPLES / "inventory", **overrides) -> Inventory:
+def example_inventory(folder: Path = EXAMPLES / "inventory", **overrides) -> Inventory:
     objects = load_examples(folder)
     return Inventory.build(
         [o for o in objects if isinstance(o, HardwareClass)], [o for o in objects if isinstance(o, dict)],

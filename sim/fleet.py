@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tessera.api.hardware import HardwareClass, HardwareClassSpec
 from tessera.api.model_profile import ModelProfile, ModelProfileSpec
+from tessera.examples import example_path
 from tessera.planner import cost
 
 REFERENCE_CLASS = "a100-80gb"
@@ -26,8 +27,8 @@ MAX_BATCH = 64  # running calls per engine, beside the KV-cache limit
 
 
 def default_inventory_dir() -> Path:
-    """examples/inventory of the checkout this package runs from."""
-    return Path(__file__).resolve().parents[1] / "examples" / "inventory"
+    """The example inventory shipped with the package (the repository's examples/inventory)."""
+    return example_path("inventory")
 
 
 def load_inventory(folder: Path) -> tuple[dict[str, HardwareClassSpec], dict[str, ModelProfileSpec]]:
