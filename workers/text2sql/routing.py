@@ -137,12 +137,22 @@ class ReplicaWorkQueue:
         queued_at = time.time()
         self.queue.push(call, queued_at)
         self._pump()
-        await turn
+        try:
+            await turn
+        except asyncio.CancelledError:
+            # Cancelled after _pump granted the turn but before this task resumed: the slot is ours to
+            # give back. (Cancelled while waiting, the turn is cancelled too and _pump skips it.)
+            if turn.done() and not turn.cancelled():
+                self._release()
+            raise
         self._wait.observe(time.time() - queued_at)
         self.running_s[id(turn)] = call.est_seconds(self.hardware_class)
         try:
             return await asyncio.to_thread(fn, *args)
         finally:
             del self.running_s[id(turn)]
-            self.free += 1
-            self._pump()
+            self._release()
+
+    def _release(self) -> None:
+        self.free += 1
+        self._pump()

@@ -130,3 +130,32 @@ def test_a_replica_without_routing_stats_yet_is_still_routable():
         return (await router.choose_replicas([fresh], pending("r1", {"cpu": 1.0})))[0][0]
 
     assert asyncio.run(run()).replica_id.unique_id == "fresh"
+
+
+def test_a_call_cancelled_right_after_its_turn_was_granted_gives_the_slot_back():
+    """Concurrency 1: if the granted caller is cancelled before it resumes, the next call must still run."""
+    import threading
+
+    async def scenario():
+        queue = ReplicaWorkQueue("candidate_generation", "r0", "cpu", policy="rr-fcfs", concurrency=1)
+        gate = threading.Event()
+        holder = asyncio.create_task(queue.run(None, gate.wait, 5))
+        await asyncio.sleep(0.05)
+        victim = asyncio.create_task(queue.run(None, lambda: "victim"))
+        await asyncio.sleep(0.05)
+        pump = queue._pump
+
+        def pump_then_cancel_the_granted_victim():
+            pump()  # when the holder finishes, this grants the victim its turn ...
+            if gate.is_set() and not victim.done():
+                victim.cancel()  # ... and the victim is cancelled before it could resume
+
+        queue._pump = pump_then_cancel_the_granted_victim
+        gate.set()
+        await holder
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        assert await asyncio.wait_for(queue.run(None, lambda: "next"), timeout=2.0) == "next"
+        assert queue.free == 1
+
+    asyncio.run(scenario())
