@@ -13,7 +13,8 @@ from tessera.planner import plan_workflow, what_if
 from tessera.planner.bench import random_instance
 from tessera.planner.inventory import PowerGroup
 from tessera.planner.problem import build_problem
-from tessera.planner.solvers import feasible, solve_exact
+from tessera.planner.solution import feasible
+from tessera.planner.solve_exact import solve_exact
 from tessera.planner.synthetic import with_slo
 
 
