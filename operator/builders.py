@@ -177,7 +177,7 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
                 "volumeMounts": [metrics_mount],
             },
         ],
-        "volumes": [{"name": "worker-metrics", "emptyDir": {}}],
+        "volumes": [{"name": "worker-metrics", "emptyDir": {"sizeLimit": "256Mi"}}],  # ~1 MB a file, a few per process
         "nodeSelector": hardware.selector(),
     }
     if spec.tolerations:
