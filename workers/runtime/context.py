@@ -13,6 +13,7 @@ the stage's ``retries`` and then fails the request with an error naming the stag
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +35,11 @@ class LLMClient(Protocol):
     async def generate(self, prompt: str, options: GenerationOptions | None = None, *,
                        system: str | None = None, **overrides: Any) -> Completion:
         """``overrides`` are GenerationOptions fields (max_tokens, temperature, stop, grammar, json_schema)."""
+        ...
+
+    def stream(self, prompt: str, options: GenerationOptions | None = None, *,
+               system: str | None = None, **overrides: Any) -> AsyncIterator[str]:
+        """The same generation, as pieces of text while they are decided."""
         ...
 
 

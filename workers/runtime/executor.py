@@ -154,7 +154,7 @@ class WorkflowExecutor:
         state = self.new_request(request, request_id)
         error = None
         try:
-            await self._run_dag(state, on_token)
+            await self.run_state(state, on_token)
         except StageFailed as failed:
             error = str(failed)
         return self.response(state, error)
@@ -173,7 +173,8 @@ class WorkflowExecutor:
             deadline_missed=finished > state.deadline_s, priority=state.priority, error=error,
         )
 
-    async def _run_dag(self, state: RequestState, on_token: TokenSink | None) -> None:
+    async def run_state(self, state: RequestState, on_token: TokenSink | None = None) -> None:
+        """Runs the DAG, filling ``state``; raises StageFailed naming the stage that failed."""
         pending = dict(self.stages)
         running: dict[asyncio.Task, str] = {}
         try:
