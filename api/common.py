@@ -81,6 +81,16 @@ class Condition(WireModel):
     last_transition_time: str | None = None
 
 
+def format_watts(watts: float) -> str:
+    """Watts as people read them: "300 W" below a kilowatt, "2.4 kW" above, "1.25 MW" above a megawatt."""
+    magnitude = abs(watts)
+    if magnitude < 1000:
+        return f"{watts:.0f} W"
+    if magnitude < 1_000_000:
+        return f"{watts / 1000:.3g} kW" if magnitude < 100_000 else f"{watts / 1000:.0f} kW"
+    return f"{watts / 1_000_000:.3g} MW"
+
+
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 

@@ -94,7 +94,6 @@ RESOURCES: tuple[CRDInfo, ...] = (
             _col("Dtype", "string", ".spec.dtype"),
             AGE,
         ),
-        has_status=False,
     ),
 )
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tessera.api.common import ObjectMeta, WireModel
+from tessera.api.common import Condition, ObjectMeta, WireModel
 
 HARDWARE_CLASS_LABEL = "tessera.dev/hardware-class"  # on Nodes: which class their devices belong to
 
@@ -34,11 +34,25 @@ class Toleration(WireModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
+# What every Ray worker pod asks for beside its devices' share: the metrics sidecar.
+WORKER_POD_OVERHEAD_CPU = 0.05
+WORKER_POD_OVERHEAD_MEMORY_GIB = 0.0625
+
+
 class PodResources(WireModel):
     """Host resources a Ray worker pod asks for beside each device."""
 
     cpu: float = Field(default=8, gt=0, description="CPU cores requested per device.")
     memory_gi_b: float = Field(default=64, gt=0, alias="memoryGiB", description="Host memory per device in GiB.")
+
+    def devices_fitting(self, cpu: float | None, memory_gib: float | None) -> int | None:
+        """How many devices' host resources, with the pod's overhead, fit into a Node's allocatable CPU and
+        memory (None: the Node reports neither)."""
+        fits = [int((free - overhead) / per_device + 1e-9)
+                for free, overhead, per_device in ((cpu, WORKER_POD_OVERHEAD_CPU, self.cpu),
+                                                   (memory_gib, WORKER_POD_OVERHEAD_MEMORY_GIB, self.memory_gi_b))
+                if free is not None]
+        return max(0, min(fits)) if fits else None
 
 
 class HardwareClassSpec(WireModel):
@@ -87,6 +101,7 @@ class HardwareClassSpec(WireModel):
 
 class HardwareClassStatus(WireModel):
     observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, description="Valid: whether the planner uses the class.")
     nodes: int = 0
     devices: int = 0
 

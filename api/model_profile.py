@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tessera.api.common import ObjectMeta, WireModel
+from tessera.api.common import Condition, ObjectMeta, WireModel
 from tessera.api.hardware import Dtype
 
 BYTES_PER_PARAM = {
@@ -41,8 +41,14 @@ class ModelProfileSpec(WireModel):
         return 2 * self.layers * self.kv_heads * head_dim * 2
 
 
+class ModelProfileStatus(WireModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, description="Valid: whether the planner uses the profile.")
+
+
 class ModelProfile(WireModel):
     api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
     kind: Literal["ModelProfile"] = "ModelProfile"
     metadata: ObjectMeta
     spec: ModelProfileSpec
+    status: ModelProfileStatus | None = None

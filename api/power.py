@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tessera.api.common import DNSSubdomain, ObjectMeta, WireModel
+from tessera.api.common import Condition, DNSSubdomain, ObjectMeta, WireModel
 
 
 class CappingPolicy(WireModel):
@@ -29,6 +29,16 @@ class CappingPolicy(WireModel):
     low_priority_below: int = Field(
         default=1, description="Workflows with spec.priority below this are capped first (at T1)."
     )
+    decision_delay_seconds: float = Field(
+        default=1, ge=0, le=60, description="A cap or lift acts this long after the draw crosses a threshold.",
+    )
+    min_cap_seconds: float = Field(
+        default=10, ge=0, le=600, description="A cap stays at least this long before it lifts (no flapping).",
+    )
+    max_over_budget_seconds: float = Field(
+        default=5, gt=0, le=3600,
+        description="How long the group may draw more than provisionedWatts before the alert fires.",
+    )
 
 
 
@@ -46,11 +56,24 @@ class PowerBudgetSpec(WireModel):
     )
     capping: CappingPolicy = Field(default_factory=CappingPolicy)
 
+    def expected_limit_watts(self) -> float:
+        """What the plans' expected draw may reach: provisioned x (1 + oversubscription/100)."""
+        return self.provisioned_watts * (1 + self.oversubscription_percent / 100)
+
 
 class PowerBudgetStatus(WireModel):
     observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, description="Valid and WithinBudget.")
     planned_watts: float = 0
     peak_watts: float = 0
+    draw_watts: float | None = Field(default=None, description="The group's draw at the last reading (agents).")
+    cap_level: str | None = Field(default=None, description="none, low (above T1) or all (above T2).")
+    caps: dict[str, float] = Field(
+        default_factory=dict, description="Power limits in force, watts by device (node/index).",
+    )
+    last_over_budget_time: str | None = Field(
+        default=None, description="When the group last drew more than provisionedWatts (RFC 3339).",
+    )
 
 
 class PowerBudget(WireModel):

@@ -41,7 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     import kopf
 
@@ -63,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no Kubernetes credentials: {err}{hint}") from None
     import tessera.operator.main  # noqa: F401  (registers the handlers, and the webhook when configured)
 
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    if not args.verbose:
-        logging.getLogger().setLevel(settings.log_level)
+    from tessera.operator import logs
+
+    logs.configure(settings.log_level, verbose=args.verbose)
     standalone = settings.standalone or settings.dev
     asyncio.run(kopf.operator(
         clusterwide=not settings.namespaces, namespaces=settings.namespaces, standalone=standalone,

@@ -12,15 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from tessera.api import API_VERSION, AgentWorkflow, HardwareClass, Plan, Stage, StagePlan
+from tessera.api.hardware import WORKER_POD_OVERHEAD_CPU, WORKER_POD_OVERHEAD_MEMORY_GIB
 from tessera.operator.settings import OperatorSettings
 
 RAYSERVICE_API_VERSION = "ray.io/v1"
 WORKFLOW_LABEL = "tessera.dev/workflow"
+PLAN_ANNOTATION = "tessera.dev/plan"
+PLAN_GENERATION_ANNOTATION = "tessera.dev/plan-generation"
 RAY_RESOURCE_PREFIX = "tessera.dev/"
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")  # the device plugins whose devices Ray counts as GPUs
 MAX_CHILD_NAME = 50  # KubeRay derives longer names (<name>-raycluster-xxxxx, <name>-head-svc) from it
@@ -60,17 +63,6 @@ def build_owner_reference(workflow: AgentWorkflow) -> dict[str, Any]:
 
 def ray_resource(hardware_class: str) -> str:
     return RAY_RESOURCE_PREFIX + hardware_class
-
-
-def devices_by_class(plan: Plan) -> dict[str, int]:
-    """Devices a plan holds per class: replicas x tensor-parallel degree, plus one per replica for a draft
-    placed on another class (the planner's own accounting)."""
-    held: dict[str, int] = {}
-    for stage in plan.stages.values():
-        held[stage.hardware_class] = held.get(stage.hardware_class, 0) + stage.replicas * stage.tensor_parallel
-        if stage.draft_hardware_class and stage.draft_hardware_class != stage.hardware_class:
-            held[stage.draft_hardware_class] = held.get(stage.draft_hardware_class, 0) + stage.replicas
-    return held
 
 
 def build_actor_options(stage: StagePlan, hardware: HardwareClass) -> dict[str, Any]:
@@ -141,11 +133,13 @@ def build_head_group(image: str, labels: dict[str, str], settings: OperatorSetti
     }
 
 
-def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels: dict[str, str]) -> dict[str, Any]:
-    """Pods of one class: as many devices per pod as a node has (at most), enough pods for ``devices``."""
+def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels: dict[str, str],
+                       devices_per_pod: int | None = None) -> dict[str, Any]:
+    """Pods of one class: as many devices per pod as a node has (at most) and as its allocatable CPU and
+    memory can serve (``devices_per_pod``, from the Nodes), enough pods for ``devices``."""
     spec = hardware.spec
     name = hardware.metadata.name
-    per_pod = max(1, min(devices, spec.devices_per_node))
+    per_pod = max(1, min(devices, spec.devices_per_node, devices_per_pod or spec.devices_per_node))
     pods = math.ceil(devices / per_pod)
     requests: dict[str, Any] = {
         "cpu": _quantity(spec.pod_resources.cpu * per_pod),
@@ -173,7 +167,9 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
                 "command": ["python", "-m", "tessera.workers.metrics", "--port", str(WORKER_METRICS_PORT),
                             "--dir", WORKER_METRICS_DIR],
                 "ports": [{"containerPort": WORKER_METRICS_PORT, "name": "metrics"}],
-                "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}},
+                "resources": {"requests": {"cpu": f"{WORKER_POD_OVERHEAD_CPU * 1000:g}m",
+                                           "memory": f"{WORKER_POD_OVERHEAD_MEMORY_GIB * 1024:g}Mi"},
+                              "limits": {"cpu": "200m", "memory": "128Mi"}},
                 "volumeMounts": [metrics_mount],
             },
         ],
@@ -193,11 +189,13 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
 
 
 def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass],
-                     settings: OperatorSettings) -> dict[str, Any]:
-    """The RayService running ``workflow`` as ``plan`` places it."""
+                     settings: OperatorSettings, devices_per_pod: dict[str, int] | None = None) -> dict[str, Any]:
+    """The RayService running ``workflow`` as ``plan`` places it; the plan rides along in an annotation, so
+    that an operator that restarts before the workflow's status was written knows what the child holds."""
     labels = build_labels(workflow)
     image = workflow.spec.serve.image or settings.worker_image
-    devices = devices_by_class(plan)
+    devices = plan.devices_by_class()
+    per_pod = devices_per_pod or {}
     return {
         "apiVersion": RAYSERVICE_API_VERSION,
         "kind": "RayService",
@@ -205,6 +203,7 @@ def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, Har
             "name": child_name(workflow.metadata.name),
             "namespace": workflow.metadata.namespace,
             "labels": labels,
+            "annotations": build_plan_annotations(plan, workflow.metadata.generation),
             "ownerReferences": [build_owner_reference(workflow)],
         },
         "spec": {
@@ -213,11 +212,28 @@ def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, Har
                 "rayVersion": settings.ray_version,
                 "headGroupSpec": build_head_group(image, labels, settings),
                 "workerGroupSpecs": [
-                    build_worker_group(classes[name], count, image, labels) for name, count in sorted(devices.items())
+                    build_worker_group(classes[name], count, image, labels, per_pod.get(name))
+                    for name, count in sorted(devices.items())
                 ],
             },
         },
     }
+
+
+def build_plan_annotations(plan: Plan, generation: int | None) -> dict[str, str]:
+    """The plan a child runs and the workflow generation it was made for (read back by ``plan_from_child``)."""
+    return {PLAN_ANNOTATION: json.dumps(plan.model_copy(update={"solve_seconds": 0}).to_wire(), sort_keys=True),
+            PLAN_GENERATION_ANNOTATION: str(generation or 0)}
+
+
+def plan_from_child(child: Mapping[str, Any] | None) -> tuple[Plan, int] | None:
+    """The plan and generation a child was written for; None when it carries none (or one we cannot read)."""
+    annotations = ((child or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        return (Plan.model_validate_json(annotations[PLAN_ANNOTATION]),
+                int(annotations[PLAN_GENERATION_ANNOTATION]))
+    except (KeyError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
 def _quantity(value: float) -> str:

@@ -5,11 +5,13 @@ kopf indexes (see ``handlers``) keep the HardwareClass, PowerBudget, ModelProfil
 occupies (devices per class, expected watts per PowerBudget); the plan of a workflow is made with the
 holdings of all *other* workflows reserved, so two workflows never count the same GPUs.
 
-Order-dependence we accept: capacity is first come, first served. A feasible plan is kept while it still
-fits (see ``still_fits``) and while the classes, budgets and models it may use are unchanged; when capacity
-shrinks, workflows ranked higher (priority, then age) keep their devices and the others are re-planned
-against what is left. A node that is added therefore helps infeasible workflows, but does not move
-workflows that already run. Everything here is pure.
+Capacity is shared out in rank order (priority, then age, then name): the planner takes its turns in
+that order (``handlers.PlanTurns``), a feasible plan is kept while it still fits (see ``still_fits``) and
+while the classes, budgets and models it may use are unchanged; when capacity shrinks, workflows ranked
+higher keep their devices and the others are re-planned against what is left. A node that is added
+therefore helps infeasible workflows, but does not move workflows that already run. With preemption on
+(``OperatorSettings.preemption``), a workflow may also take what lower-priority ones hold. Everything here
+is pure.
 """
 
 from __future__ import annotations
@@ -17,11 +19,24 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 from tessera.api import AgentWorkflowSpec, HardwareClass, ModelProfile, Plan, PowerBudget
-from tessera.operator.builders import devices_by_class
+from tessera.api.common import format_watts
 from tessera.planner import Inventory
+
+
+@dataclass(frozen=True)
+class InvalidResource:
+    """An inventory object whose spec does not validate: the planner leaves it out, its status says why."""
+
+    kind: str
+    name: str
+    problem: str
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name} is invalid: {self.problem}"
 
 
 def slim_node(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,6 +64,20 @@ class Holding:
         return not self.devices and not self.watts
 
 
+@dataclass(frozen=True)
+class Shortfall:
+    """Why a holding does not fit: too few devices, or too little power (only power allows a grace period)."""
+
+    devices: list[str] = field(default_factory=list)
+    power: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.devices or self.power)
+
+    def reasons(self) -> list[str]:
+        return self.devices + self.power
+
+
 def rank(key: str, holding: Holding) -> tuple:
     """Higher priority first, then older, then by name: who keeps devices when there are too few."""
     return (-holding.priority, holding.created, key)
@@ -62,6 +91,7 @@ class Snapshot:
     nodes: list[dict[str, Any]]
     budgets: dict[str, PowerBudget]
     profiles: dict[str, ModelProfile]
+    invalid: dict[str, InvalidResource] = field(default_factory=dict)  # "Kind/name" -> what is wrong
 
     def inventory(self, reserved_devices: Mapping[str, int] | None = None,
                   reserved_watts: Mapping[str, float] | None = None) -> Inventory:
@@ -84,7 +114,7 @@ class Snapshot:
             drawn = sum(stage.watts for stage in plan.stages.values() if stage.hardware_class in covered)
             if drawn:
                 watts[budget.metadata.name] = drawn
-        return Holding(devices=devices_by_class(plan), watts=watts, priority=priority, created=created)
+        return Holding(devices=plan.devices_by_class(), watts=watts, priority=priority, created=created)
 
     def fingerprint(self, spec: AgentWorkflowSpec) -> str:
         """Hash of the inventory a workflow's plan depends on, node counts aside: the specs of the classes
@@ -98,16 +128,31 @@ class Snapshot:
             "budgets": {n: b.spec.to_wire() for n, b in sorted(self.budgets.items())
                         if self.budget_classes(b) & allowed},
             "models": {n: p.spec.to_wire() for n, p in sorted(self.profiles.items()) if n in models},
+            "invalid": sorted(key for key, bad in self.invalid.items()
+                              if bad.name in allowed or bad.name in models or bad.kind == "PowerBudget"),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
+    @cached_property
+    def _unreserved(self) -> Inventory:
+        return self.inventory()
+
     def total_devices(self) -> dict[str, int]:
-        return self.inventory().total_devices
+        return self._unreserved.total_devices
+
+    def devices_per_pod(self) -> dict[str, int]:
+        return self._unreserved.devices_per_pod
 
     def watt_limits(self) -> dict[str, float]:
-        """Expected-draw limit per PowerBudget: provisioned x (1 + oversubscription)."""
-        return {name: b.spec.provisioned_watts * (1 + b.spec.oversubscription_percent / 100)
-                for name, b in self.budgets.items()}
+        return {name: b.spec.expected_limit_watts() for name, b in self.budgets.items()}
+
+    def problems_for(self, spec: AgentWorkflowSpec) -> list[str]:
+        """What is wrong with the invalid inventory a workflow may use: named in its message when it cannot be planned."""
+        allowed = set(spec.placement.allowed_classes) | set(spec.placement.pinned.values())
+        models = {s.model for s in spec.stages if s.model}
+        return [bad.describe() for _, bad in sorted(self.invalid.items())
+                if (bad.kind == "HardwareClass" and (not allowed or bad.name in allowed))
+                or (bad.kind == "ModelProfile" and bad.name in models) or bad.kind == "PowerBudget"]
 
 
 def reserved_by_others(key: str, holdings: Mapping[str, Holding]) -> tuple[dict[str, int], dict[str, float]]:
@@ -123,24 +168,40 @@ def reserved_by_others(key: str, holdings: Mapping[str, Holding]) -> tuple[dict[
     return devices, watts
 
 
-def still_fits(key: str, holdings: Mapping[str, Holding], total_devices: Mapping[str, int],
-               watt_limits: Mapping[str, float]) -> list[str]:
-    """Why ``key``'s holding no longer fits once the workflows ranked before it take theirs (empty: it fits)."""
-    mine = holdings.get(key)
-    if mine is None or mine.empty:
-        return []
-    before = {k: h for k, h in holdings.items() if k != key and rank(k, h) < rank(key, mine)}
-    used_devices, used_watts = reserved_by_others(key, before)
-    reasons = []
+def shortfall(mine: Holding, used_devices: Mapping[str, int], used_watts: Mapping[str, float],
+              total_devices: Mapping[str, int], watt_limits: Mapping[str, float]) -> Shortfall:
+    """What ``mine`` lacks beside what others use (empty: it fits)."""
+    out = Shortfall()
     for cls, n in sorted(mine.devices.items()):
         free = total_devices.get(cls, 0) - used_devices.get(cls, 0)
         if n > free:
-            reasons.append(f"devices of {cls}: the plan holds {n}, {max(free, 0)} left for it")
+            out.devices.append(f"devices of {cls}: the plan holds {n}, {max(free, 0)} left for it")
     for budget, w in sorted(mine.watts.items()):
-        if budget in watt_limits and w > watt_limits[budget] - used_watts.get(budget, 0.0) + 1e-6:
-            reasons.append(f"PowerBudget {budget}: the plan expects {w:.0f} W, "
-                           f"{max(watt_limits[budget] - used_watts.get(budget, 0.0), 0):.0f} W left for it")
-    return reasons
+        left = watt_limits.get(budget, float("inf")) - used_watts.get(budget, 0.0)
+        if w > left + 1e-6:
+            out.power.append(f"PowerBudget {budget}: the plan expects {format_watts(w)}, "
+                             f"{format_watts(max(left, 0))} left for it")
+    return out
+
+
+def still_fits(key: str, holdings: Mapping[str, Holding], total_devices: Mapping[str, int],
+               watt_limits: Mapping[str, float]) -> Shortfall:
+    """What ``key``'s holding lacks once the workflows ranked before it take theirs (empty: it fits)."""
+    mine = holdings.get(key)
+    if mine is None or mine.empty:
+        return Shortfall()
+    before = {k: h for k, h in holdings.items() if k != key and rank(k, h) < rank(key, mine)}
+    used_devices, used_watts = reserved_by_others(key, before)
+    return shortfall(mine, used_devices, used_watts, total_devices, watt_limits)
+
+
+def planned_watts(holdings: Iterable[Holding]) -> dict[str, float]:
+    """Expected watts per PowerBudget of all the given holdings."""
+    out: dict[str, float] = {}
+    for holding in holdings:
+        for budget, watts in holding.watts.items():
+            out[budget] = out.get(budget, 0.0) + watts
+    return out
 
 
 def first_values(index: Mapping[Any, Iterable[Any]]) -> dict[Any, Any]:

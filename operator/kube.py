@@ -9,7 +9,9 @@ RBAC the operator needs (the Helm chart's ClusterRole must grant exactly these):
   ray.io         rayservices                    get, list, watch, create, patch, delete
   ""             nodes                          get, list, watch
   ""             namespaces                     get, list, watch     (kopf: namespace discovery)
-  ""             events                         create, patch        (core/v1 Events)
+  tessera.dev    hardwareclasses/status, powerbudgets/status,
+                 modelprofiles/status           get, patch           (the Valid and WithinBudget conditions)
+  ""             events                         create, patch        (core/v1 Events, posted by kopf)
   events.k8s.io  events                         create, patch        (kopf posts through either)
   apiextensions.k8s.io customresourcedefinitions get, list, watch    (kopf: resource discovery)
   kopf.dev       clusterkopfpeerings            get, list, watch, patch   (peering between replicas;
@@ -18,23 +20,23 @@ RBAC the operator needs (the Helm chart's ClusterRole must grant exactly these):
                                                 get, list, watch, create, patch
                                                 (only when TESSERA_WEBHOOK_MANAGED is set)
 
-Calls are synchronous (the ``kubernetes`` client); the handlers run them in a thread with
-``asyncio.to_thread``. API failures become kopf's retry policy: ``kopf.TemporaryError`` for what may
+Calls are synchronous (the ``kubernetes`` client), each with a time limit
+(``OperatorSettings.api_timeout_seconds``); the handlers run them in a thread with ``asyncio.to_thread``,
+outside the planner's turn. API failures become kopf's retry policy: ``kopf.TemporaryError`` for what may
 pass (conflicts, server errors, a missing KubeRay CRD), ``kopf.PermanentError`` for what will not.
 """
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import kopf
 
+from tessera.api import GROUP, VERSION
 from tessera.operator.settings import OperatorSettings
 
 RAYSERVICES = ("ray.io", "v1", "rayservices")
-AGENTWORKFLOWS = ("tessera.dev", "v1alpha1", "agentworkflows")
+AGENTWORKFLOWS = (GROUP, VERSION, "agentworkflows")
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 RETRY_SECONDS = 5
@@ -68,13 +70,16 @@ def connection_info(config: Any) -> kopf.ConnectionInfo:
 class KubeAPI:
     """The few calls the operator makes, on one client per operator run."""
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, timeout_seconds: float = 10):
         import kubernetes
+        import urllib3
 
+        self.timeout_seconds = timeout_seconds
         self._client = kubernetes.client.ApiClient(config)
         self._custom = kubernetes.client.CustomObjectsApi(self._client)
         self._core = kubernetes.client.CoreV1Api(self._client)
         self._api_exception = kubernetes.client.ApiException
+        self._transport_error = urllib3.exceptions.HTTPError  # read timeouts, retries exhausted
 
     def close(self) -> None:
         self._client.close()
@@ -94,6 +99,7 @@ class KubeAPI:
         actual_meta = actual.get("metadata") or {}
         if (actual.get("spec") == desired["spec"]
                 and _subset(meta["labels"], actual_meta.get("labels") or {})
+                and _subset(meta.get("annotations") or {}, actual_meta.get("annotations") or {})
                 and actual_meta.get("ownerReferences") == meta["ownerReferences"]):
             return "unchanged"
         # A JSON patch replacing the whole spec: a merge patch would keep keys the desired spec no longer has.
@@ -101,6 +107,8 @@ class KubeAPI:
             {"op": "replace" if "spec" in actual else "add", "path": "/spec", "value": desired["spec"]},
             {"op": "add" if "labels" not in actual_meta else "replace", "path": "/metadata/labels",
              "value": {**(actual_meta.get("labels") or {}), **meta["labels"]}},
+            {"op": "add" if "annotations" not in actual_meta else "replace", "path": "/metadata/annotations",
+             "value": {**(actual_meta.get("annotations") or {}), **(meta.get("annotations") or {})}},
             {"op": "add" if "ownerReferences" not in actual_meta else "replace",
              "path": "/metadata/ownerReferences", "value": meta["ownerReferences"]},
         ]
@@ -123,31 +131,29 @@ class KubeAPI:
                    *AGENTWORKFLOWS[:2], namespace, AGENTWORKFLOWS[2], name, {"status": dict(patch)},
                    _content_type=MERGE_PATCH, missing_ok=True)
 
-    def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about ``involved`` (an object's apiVersion, kind and metadata)."""
-        meta = involved.get("metadata") or {}
-        now = datetime.now(timezone.utc)
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            # A name like the API server's generateName makes (kubectl does the same for its events).
-            "metadata": {"name": f"{meta.get('name')}.{time.time_ns():x}", "namespace": meta.get("namespace")},
-            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
-                               "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
-            "source": {"component": "tessera-operator"}, "reportingComponent": "tessera-operator",
-        }
-        self._call(f"posting an Event about {meta.get('name')}", self._core.create_namespaced_event,
-                   meta.get("namespace") or "default", event)
+    def peering_exists(self, name: str, namespaces: list[str]) -> bool:
+        """Whether kopf's peering object exists: ClusterKopfPeering ``name``, or KopfPeering in the first namespace."""
+        if namespaces:
+            found = self._call(f"reading KopfPeering {namespaces[0]}/{name}", self._custom.get_namespaced_custom_object,
+                               "kopf.dev", "v1", namespaces[0], "kopfpeerings", name, missing_ok=True)
+        else:
+            found = self._call(f"reading ClusterKopfPeering {name}", self._custom.get_cluster_custom_object,
+                               "kopf.dev", "v1", "clusterkopfpeerings", name, missing_ok=True)
+        return found is not None
+
+    def patch_cluster_status(self, plural: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge ``status`` into the status of a cluster-scoped Tessera object (HardwareClass, PowerBudget, ...)."""
+        self._call(f"writing the status of {plural}/{name}", self._custom.patch_cluster_custom_object_status,
+                   GROUP, VERSION, plural, name, {"status": dict(status)}, _content_type=MERGE_PATCH, missing_ok=True)
 
     def _call(self, what: str, fn, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return fn(*args, _request_timeout=self.timeout_seconds, **kwargs)
         except self._api_exception as err:
             if err.status == 404 and missing_ok:
                 return None
             raise api_error(what, err.status, err.reason, err.body) from None
-        except OSError as err:  # connection refused, timeouts: the API server may be restarting
+        except (OSError, self._transport_error) as err:  # refused, timed out: the API server may be restarting
             raise kopf.TemporaryError(f"{what}: {err}", delay=RETRY_SECONDS) from None
 
 

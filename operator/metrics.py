@@ -38,6 +38,7 @@ class OperatorMetrics:
         self.budget_provisioned = _make(catalogue.POWER_BUDGET_PROVISIONED_WATTS, registry)
         self.budget_planned = _make(catalogue.POWER_BUDGET_PLANNED_WATTS, registry)
         self._phases: dict[str, str] = {}
+        self._budgets: set[str] = set()
 
     def reconciled(self, outcome: str, seconds: float) -> None:
         self.reconciles.labels(outcome=outcome).inc()
@@ -68,15 +69,20 @@ class OperatorMetrics:
     def workflow_gone(self, namespace: str, name: str) -> None:
         labels = {"namespace": namespace, "workflow": name}
         for gauge in (self.usd_per_hour, self.watts, self.latency_seconds, self.slo_target_seconds,
-                      self.slo_objective):
+                      self.slo_objective, self.plan_changes):
             _remove(gauge, labels)
         self._phases.pop(f"{namespace}/{name}", None)
         self._publish_phases()
 
     def budgets(self, provisioned: dict[str, float], planned: dict[str, float]) -> None:
+        """Every PowerBudget's provisioned and planned watts; the series of deleted budgets go."""
         for name, watts in provisioned.items():
             self.budget_provisioned.labels(budget=name).set(watts)
             self.budget_planned.labels(budget=name).set(planned.get(name, 0.0))
+        for name in self._budgets - set(provisioned):
+            for gauge in (self.budget_provisioned, self.budget_planned):
+                _remove(gauge, {"budget": name})
+        self._budgets = set(provisioned)
 
     def _publish_phases(self) -> None:
         counts = Tally(self._phases.values())

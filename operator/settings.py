@@ -1,37 +1,51 @@
-"""The operator's settings: one object, read from ``TESSERA_*`` environment variables.
+"""The operator's settings: one pydantic-settings object, read from ``TESSERA_*`` environment variables.
 
 Every variable the operator reads is a field below; the field's description is its documentation
-(``tessera operator --help`` prints the list). pydantic-settings is not installed, so ``from_env``
-maps the variables onto the model by hand.
+(``tessera operator --help`` prints the list, ``docs/operator.md`` explains the policies).
 """
 
 from __future__ import annotations
 
 import os
 import random
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 ENV_PREFIX = "TESSERA_"
 
 
-class OperatorSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_ignore_empty=True)
 
-    namespaces: list[str] = Field(
+    namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Namespaces to watch, comma-separated (empty: all namespaces).")
     kubeconfig: str | None = Field(
         default=None, description="Kubeconfig file to use (default: in-cluster credentials; --dev: ~/.kube/config).")
     dev: bool = Field(default=False, description="Local development: kubeconfig credentials and no peering.")
     solver: Literal["fast", "exact"] = Field(default="fast", description="Planner solver.")
+    preemption: Literal["Never", "LowerPriority"] = Field(
+        default="Never", description="When capacity is short: Never (first come, first served) or LowerPriority "
+        "(a workflow may take devices and power from workflows of lower spec.priority; they get an Event).")
+    power_budget_grace_seconds: float = Field(
+        default=120, ge=0, description="How long a running workflow keeps its RayService after a PowerBudget "
+        "shrank below what its plan expects, before it is re-planned (an Event says so at once).")
+    api_timeout_seconds: float = Field(
+        default=10, gt=0, description="Time limit of each Kubernetes API request the operator makes.")
+    retry_max_seconds: float = Field(
+        default=300, gt=0, description="Longest wait between retries of a failing reconcile (they back off "
+        "exponentially from 5 s).")
     worker_image: str = Field(
         default="ghcr.io/tessera-dev/tessera-workers:0.1.0",
         description="Image of the Ray pods when an AgentWorkflow's spec.serve.image is not set.")
     ray_version: str = Field(default="2.60.0", description="rayVersion written into each RayService.")
     head_cpu: str = Field(default="2", description="CPU request of each Ray head pod.")
     head_memory: str = Field(default="8Gi", description="Memory request of each Ray head pod.")
-    metrics_port: int = Field(default=8080, ge=0, le=65535, description="Port of /metrics (0: no metrics server).")
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535,
+        description="Port of /metrics (0: no metrics server); must differ from kopf's liveness port (8080).")
     peering_name: str = Field(default="tessera", description="kopf peering object shared by the replicas.")
     peering_priority: int = Field(
         default_factory=lambda: random.randint(1, 2**30),
@@ -51,22 +65,23 @@ class OperatorSettings(BaseModel):
         default=False, description="Serve the webhook over plain HTTP (tests only; the API server requires TLS).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
     @classmethod
     def env_names(cls) -> dict[str, str]:
         """Field name -> environment variable."""
         return {name: ENV_PREFIX + name.upper() for name in cls.model_fields}
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "OperatorSettings":
-        """Settings from ``TESSERA_*`` variables, then ``overrides``; a bad value raises ValueError naming it."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, var in cls.env_names().items():
-            raw = environ.get(var)
-            if raw is None or raw == "":
-                continue
-            values[name] = [p.strip() for p in raw.split(",") if p.strip()] if name == "namespaces" else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "OperatorSettings":
+        """Settings from ``TESSERA_*`` variables (``os.environ`` by default), then ``overrides`` that are not None;
+        a bad value raises ValueError naming its variable."""
+        source = EnvSettingsSource(cls)
+        source.env_vars = parse_env_vars(os.environ if environ is None else environ, False, True, None)
+        values = {**source(), **{k: v for k, v in overrides.items() if v is not None}}
         try:
             return cls.model_validate(values)
         except ValidationError as err:
@@ -78,8 +93,4 @@ class OperatorSettings(BaseModel):
     @classmethod
     def describe(cls) -> str:
         """One line per variable, for --help."""
-        lines = []
-        for name, var in cls.env_names().items():
-            info = cls.model_fields[name]
-            lines.append(f"  {var:<28} {info.description}")
-        return "\n".join(lines)
+        return "\n".join(f"  {var:<34} {cls.model_fields[name].description}" for name, var in cls.env_names().items())

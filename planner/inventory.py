@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -20,17 +21,38 @@ def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
-def _device_count(node: Mapping[str, Any], resource_name: str | None) -> int:
-    """Devices a Node offers: status.allocatable[resourceName]; a CPU class (no resource) counts the Node as one."""
-    if resource_name is None:
-        return 1
+QUANTITY_SUFFIXES = {"m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([a-zA-Z]{0,2})$")
+
+
+def parse_quantity(raw: Any) -> float | None:
+    """A Kubernetes quantity ("192", "191500m", "1536Gi") as a number; None when absent or unreadable."""
+    match = QUANTITY.match(str(raw).strip()) if raw is not None else None
+    if match is None or match.group(2) not in QUANTITY_SUFFIXES:
+        return None
+    return float(match.group(1)) * QUANTITY_SUFFIXES[match.group(2)]
+
+
+def _allocatable(node: Mapping[str, Any]) -> Mapping[str, Any]:
     status = node.get("status") or {}
     allocatable = status.get("allocatable") if isinstance(status, dict) else None
-    raw = allocatable.get(resource_name) if isinstance(allocatable, dict) else None
-    try:
-        return max(0, int(str(raw)))
-    except (TypeError, ValueError):
-        return 0  # absent or not an integer quantity: the Node offers no such device
+    return allocatable if isinstance(allocatable, dict) else {}
+
+
+def _device_count(node: Mapping[str, Any], spec: HardwareClassSpec) -> int:
+    """Devices a Node offers: status.allocatable[resourceName] (a CPU class, without a resource, counts the
+    Node as one), no more than the Node's allocatable CPU and host memory can serve at the class's podResources."""
+    allocatable = _allocatable(node)
+    if spec.resource_name is None:
+        devices = 1
+    else:
+        raw = parse_quantity(allocatable.get(spec.resource_name))
+        devices = int(raw) if raw is not None and raw >= 0 and raw.is_integer() else 0  # absent or not a count
+    memory = parse_quantity(allocatable.get("memory"))
+    host_fits = spec.pod_resources.devices_fitting(parse_quantity(allocatable.get("cpu")),
+                                                   None if memory is None else memory / 2**30)
+    return devices if host_fits is None else min(devices, host_fits)
 
 
 def _schedulable(node: Mapping[str, Any]) -> bool:
@@ -44,15 +66,20 @@ def devices_from_nodes(hardware_classes: Iterable[HardwareClass], nodes: Iterabl
     A Node belongs to a class when its labels match the class's nodeSelector (default
     ``tessera.dev/hardware-class=<class>``); cordoned Nodes (spec.unschedulable) count for nothing.
     """
+    return {name: sum(on_nodes) for name, on_nodes in devices_per_node(hardware_classes, nodes).items()}
+
+
+def devices_per_node(hardware_classes: Iterable[HardwareClass], nodes: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Per HardwareClass, the devices each of its schedulable Nodes offers (see ``devices_from_nodes``)."""
     classes = list(hardware_classes)
-    counts = {cls.metadata.name: 0 for cls in classes}
+    counts: dict[str, list[int]] = {cls.metadata.name: [] for cls in classes}
     for node in nodes:
         if not _schedulable(node):
             continue
         labels = _labels(node)
         for cls in classes:
             if _matches(labels, cls.selector()):
-                counts[cls.metadata.name] += _device_count(node, cls.spec.resource_name)
+                counts[cls.metadata.name].append(_device_count(node, cls.spec))
     return counts
 
 
@@ -76,6 +103,8 @@ class Inventory:
     total_devices: dict[str, int]
     power_groups: tuple[PowerGroup, ...] = ()
     model_profiles: dict[str, ModelProfileSpec] = field(default_factory=dict)
+    # per class, the most devices one worker pod may hold: what every Node of the class can serve
+    devices_per_pod: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -92,7 +121,8 @@ class Inventory:
         hardware_classes = list(hardware_classes)
         reserved_devices = dict(reserved_devices or {})
         reserved_watts = dict(reserved_watts or {})
-        total = devices_from_nodes(hardware_classes, nodes)
+        per_node = devices_per_node(hardware_classes, nodes)
+        total = {name: sum(counts) for name, counts in per_node.items()}
         free = {name: max(0, count - int(reserved_devices.get(name, 0))) for name, count in total.items()}
         class_names = [hc.metadata.name for hc in hardware_classes]
         groups = []
@@ -103,7 +133,7 @@ class Inventory:
             groups.append(PowerGroup(
                 name=budget.metadata.name,
                 classes=covered,
-                expected_limit_watts=spec.provisioned_watts * (1 + spec.oversubscription_percent / 100) - held,
+                expected_limit_watts=spec.expected_limit_watts() - held,
                 peak_limit_watts=spec.provisioned_watts - held,
                 cap_fraction=spec.capping.all_cap_percent / 100,
                 provisioned_watts=spec.provisioned_watts,
@@ -115,8 +145,10 @@ class Inventory:
             total_devices=total,
             power_groups=tuple(groups),
             model_profiles={mp.metadata.name: mp.spec for mp in model_profiles},
+            devices_per_pod={name: min((n for n in counts if n > 0), default=0) for name, counts in per_node.items()},
         )
 
     def replace_devices(self, free_devices: Mapping[str, int]) -> "Inventory":
         """The same inventory with other free-device counts (what-if questions, property tests)."""
-        return Inventory(self.classes, dict(free_devices), self.total_devices, self.power_groups, self.model_profiles)
+        return Inventory(self.classes, dict(free_devices), self.total_devices, self.power_groups, self.model_profiles,
+                         self.devices_per_pod)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from tessera.api.common import format_watts
 from tessera.api.plan import Plan, PredictedFigures, StagePlan
 from tessera.api.workflow import AgentWorkflowSpec, Objective
 from tessera.planner import cost
@@ -123,15 +124,19 @@ def _power_excess(problem: Problem, solution: Solution) -> list[str]:
     for group, (expected, peak) in zip(problem.groups, problem.group_watts(solution.choice)):
         if expected > group.expected_limit_watts:
             out.append(
-                f"PowerBudget {group.name}: expected draw {expected / 1000:.1f} kW exceeds "
-                f"{group.expected_limit_watts / 1000:.1f} kW available (over by {(expected - group.expected_limit_watts) / 1000:.1f} kW)"
+                f"PowerBudget {group.name}: expected draw {format_watts(expected)} exceeds "
+                f"{_left(group.expected_limit_watts)} (over by {format_watts(expected - max(group.expected_limit_watts, 0))})"
             )
         if peak > group.peak_limit_watts:
             out.append(
-                f"PowerBudget {group.name}: peak capped to {group.cap_fraction:.0%} of TDP is {peak / 1000:.1f} kW, "
-                f"over {group.peak_limit_watts / 1000:.1f} kW available by {(peak - group.peak_limit_watts) / 1000:.1f} kW"
+                f"PowerBudget {group.name}: peak capped to {group.cap_fraction:.0%} of TDP is {format_watts(peak)}, "
+                f"over {_left(group.peak_limit_watts)} by {format_watts(peak - max(group.peak_limit_watts, 0))}"
             )
     return out
+
+
+def _left(watts: float) -> str:
+    return f"the {format_watts(watts)} available" if watts > 0 else "the budget (no power left for this plan)"
 
 
 def binding_constraints(problem: Problem, choice: list[int]) -> list[str]:
@@ -146,9 +151,9 @@ def binding_constraints(problem: Problem, choice: list[int]) -> list[str]:
             out.append(f"devices of {cls}: {used} of {free} free in use")
     for group, (expected, peak) in zip(problem.groups, problem.group_watts(choice)):
         if expected >= group.expected_limit_watts * (1 - TIGHT):
-            out.append(f"PowerBudget {group.name}: expected {expected / 1000:.1f} kW of {group.expected_limit_watts / 1000:.1f} kW")
+            out.append(f"PowerBudget {group.name}: expected {format_watts(expected)} of {format_watts(group.expected_limit_watts)}")
         if peak >= group.peak_limit_watts * (1 - TIGHT):
-            out.append(f"PowerBudget {group.name}: capped peak {peak / 1000:.1f} kW of {group.peak_limit_watts / 1000:.1f} kW")
+            out.append(f"PowerBudget {group.name}: capped peak {format_watts(peak)} of {format_watts(group.peak_limit_watts)}")
     return out
 
 

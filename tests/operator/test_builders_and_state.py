@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from tessera.api import AgentWorkflow, HardwareClass, Plan, SpeculativeDecoding, StagePlan, parse_resource
+from tessera.api.serve import StageDeployment, WorkflowAppArgs
 from tessera.cli.documents import load
 from tessera.operator.builders import (
-    build_rayservice, build_worker_group, child_name, devices_by_class,
+    build_rayservice, build_worker_group, child_name, plan_from_child,
 )
 from tessera.operator.inventory import Holding, reserved_by_others, still_fits
 from tessera.operator.reconcile import status_patch
@@ -47,7 +48,7 @@ def parsed(body) -> AgentWorkflow:
     ({"a": stage("a100-80gb", 2, draft="a100-80gb")}, {"a100-80gb": 2}),
 ])
 def test_devices_held_by_a_plan(stages, expected):
-    assert devices_by_class(plan(**stages)) == expected
+    assert plan(**stages).devices_by_class() == expected
 
 
 @pytest.mark.parametrize("cls, devices, pods, per_pod, resource", [
@@ -80,14 +81,14 @@ def test_rayservice_serve_config_carries_the_plan_and_the_user_args():
     child = build_rayservice(wf, p, CLASSES, OperatorSettings())
     app = yaml.safe_load(child["spec"]["serveConfigV2"])["applications"][0]
     assert app["import_path"] == wf.spec.serve.import_path == "tessera.workers.runtime.app:build_app"
-    args = app["args"]
-    assert args["policy"] == "wb-urgency" and args["priority"] == 3
-    assert (args["workflow"], args["namespace"]) == ("qa", "default")
-    assert args["slo"]["latencyMs"] == 8000
-    assert args["stages"]["answer"] == {"hardwareClass": "l40s", "replicas": 2, "rayActorOptions": {
-        "num_cpus": 1, "num_gpus": 1, "resources": {"tessera.dev/l40s": 1}},
-        "usdPerHour": 0.5, "watts": 50.0}  # per replica: the stage's $1/h and 100 W over 2 replicas
-    assert args["stages"]["file-ticket"]["rayActorOptions"]["num_gpus"] == 0
+    args = WorkflowAppArgs.model_validate(app["args"])  # what the workers' builder validates
+    assert args.spec == wf.spec and args.spec.serve.args == {"policy": "wb-urgency"} and args.spec.priority == 3
+    assert (args.workflow, args.namespace) == ("qa", "default")
+    assert args.deployments["answer"] == StageDeployment(
+        hardware_class="l40s", replicas=2, ray_actor_options={"num_cpus": 1, "num_gpus": 1, "resources": {"tessera.dev/l40s": 1}},
+        usd_per_hour=0.5, watts=50.0,  # per replica: the stage's $1/h and 100 W over 2 replicas
+        predicted_latency_ms=p.stages["answer"].predicted_latency_ms, max_ongoing_requests=p.stages["answer"].batch_size)
+    assert args.deployments["file-ticket"].ray_actor_options["num_gpus"] == 0
     cluster = child["spec"]["rayClusterConfig"]
     assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["cpu-epyc", "l40s"]
     images = {c["image"] for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]}
@@ -95,6 +96,7 @@ def test_rayservice_serve_config_carries_the_plan_and_the_user_args():
     for group in cluster["workerGroupSpecs"]:  # replicas write metrics into a shared folder, a sidecar serves it
         worker, exporter = group["template"]["spec"]["containers"]
         assert {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/tessera-metrics"} in worker["env"]
+        assert {"name": "TESSERA_HARDWARE_CLASS", "value": group["groupName"]} in worker["env"]
         assert exporter["command"][:3] == ["python", "-m", "tessera.workers.metrics"]
         assert exporter["ports"] == [{"containerPort": 9100, "name": "metrics"}]
         assert worker["volumeMounts"] == exporter["volumeMounts"]
@@ -108,11 +110,11 @@ def test_speculative_decoding_and_draft_class_travel_to_the_workers():
     wf.spec.stages[0].speculative_decoding = SpeculativeDecoding(method="ngram", draft_length=3)
     child = build_rayservice(wf, plan(answer=stage("h100-sxm", draft="l4"), **{"file-ticket": stage("cpu-epyc")}),
                              CLASSES, OperatorSettings())
-    stages = yaml.safe_load(child["spec"]["serveConfigV2"])["applications"][0]["args"]["stages"]
-    assert stages["answer"]["speculativeDecoding"]["method"] == "ngram"
-    assert stages["answer"]["speculativeDecoding"]["draftLength"] == 3
-    assert stages["answer"]["draftHardwareClass"] == "l4"
-    assert "speculativeDecoding" not in stages["file-ticket"]
+    args = WorkflowAppArgs.model_validate(yaml.safe_load(child["spec"]["serveConfigV2"])["applications"][0]["args"])
+    stages = {stage.name: stage for stage in args.spec.stages}
+    assert stages["answer"].speculative_decoding == SpeculativeDecoding(method="ngram", draft_length=3)
+    assert args.deployments["answer"].draft_hardware_class == "l4"
+    assert stages["file-ticket"].speculative_decoding is None
 
 
 def test_child_names_stay_short_and_distinct():
@@ -134,13 +136,14 @@ def H(devices, priority=0, created="2026-01-01T00:00:00Z", watts=None):
     ({"a": H({"x": 2})}, {}, "a", False),  # the class lost all its nodes
 ])
 def test_who_keeps_devices_when_capacity_shrinks(holdings, total, key, fits):
-    assert (still_fits(key, holdings, total, {}) == []) is fits
+    assert (not still_fits(key, holdings, total, {})) is fits
 
 
 def test_watts_count_against_power_budgets():
     holdings = {"a": H({}, watts={"rows": 700}), "b": H({}, watts={"rows": 400}, created="2026-02-01T00:00:00Z")}
-    assert still_fits("a", holdings, {}, {"rows": 1000}) == []
-    assert "PowerBudget rows" in still_fits("b", holdings, {}, {"rows": 1000})[0]
+    assert not still_fits("a", holdings, {}, {"rows": 1000})
+    short = still_fits("b", holdings, {}, {"rows": 1000})
+    assert not short.devices and short.power == ["PowerBudget rows: the plan expects 400 W, 300 W left for it"]
 
 
 def test_reserved_by_others_excludes_self():

@@ -7,7 +7,6 @@ import time
 
 import yaml
 
-from tessera.operator.builders import devices_by_class
 from tessera.api import Plan
 from tessera_devtools import EmulatedCluster, OperatorRun, wait_for
 
@@ -43,11 +42,11 @@ def test_create_writes_plan_conditions_and_a_rayservice(cluster, operator):
     assert child["metadata"]["labels"]["tessera.dev/workflow"] == "qa"
     assert child["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tessera"
     groups = {g["groupName"]: g for g in child["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
-    assert set(groups) == set(devices_by_class(plan))
+    assert set(groups) == set(plan.devices_by_class())
     args = serve_args(child)
     assert (args["workflow"], args["namespace"]) == ("qa", "default")
     for name, stage in plan.stages.items():
-        placed = args["stages"][name]
+        placed = args["deployments"][name]
         assert placed["hardwareClass"] == stage.hardware_class and placed["replicas"] == stage.replicas
         resource = f"tessera.dev/{stage.hardware_class}"
         assert placed["rayActorOptions"]["resources"] == {resource: stage.tensor_parallel}
@@ -66,7 +65,7 @@ def test_spec_update_bumps_generation_replans_and_updates_the_child(cluster, ope
     replicas = lambda b: sum(s["replicas"] for s in b["status"]["plan"]["stages"].values())
     assert replicas(after) > replicas(before)
     child = wait_for(lambda: (c := get_rayservice(cluster, "qa")) and serve_args(c) != serve_args(child_before) and c)
-    assert serve_args(child)["slo"]["requestsPerSecond"] == 40
+    assert serve_args(child)["spec"]["slo"]["requestsPerSecond"] == 40
 
 
 def test_removing_nodes_replans_the_workflows_using_them(cluster, operator):
@@ -149,7 +148,7 @@ def test_workflows_planned_at_once_never_share_devices(cluster, operator):
     for body in bodies:
         plan = Plan.model_validate(body["status"]["plan"])
         if plan.feasible:
-            for cls, n in devices_by_class(plan).items():
+            for cls, n in plan.devices_by_class().items():
                 held[cls] = held.get(cls, 0) + n
     assert held, "no workflow was feasible"
     assert held.get("a6000", 0) <= 8 and held.get("l40s", 0) <= 8 and held.get("cpu-epyc", 0) <= 4

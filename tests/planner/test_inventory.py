@@ -52,3 +52,20 @@ def test_examples_inventory(inventory):
     assert inventory.total_devices == {"a100-80gb": 16, "h100-sxm": 8, "h200": 8, "l40s": 8, "a6000": 8, "l4": 8,
                                        "mi300x": 8, "gaudi3": 8, "cpu-epyc": 4}
     assert isinstance(inventory, Inventory) and "llama-3-1-70b" in inventory.model_profiles
+
+
+def test_host_cpu_and_memory_limit_the_devices_a_node_offers():
+    """podResources are per device: a Node counts only the devices its allocatable CPU and memory can serve."""
+    cls = HardwareClass.model_validate({**hardware_class("big").model_dump(by_alias=True),
+                                        "spec": {**hardware_class("big").spec.to_wire(),
+                                                 "podResources": {"cpu": 16, "memoryGiB": 200}}})
+    label = {"tessera.dev/hardware-class": "big"}
+    nodes = [
+        node("roomy", label, {"nvidia.com/gpu": "8", "cpu": "192", "memory": "2Ti"}),
+        node("tight", label, {"nvidia.com/gpu": "8", "cpu": "192", "memory": "1536Gi"}),  # 7 x 200 GiB fit
+        node("few-cpus", label, {"nvidia.com/gpu": "8", "cpu": "48500m", "memory": "2Ti"}),  # 3 x 16 cores
+        node("unknown", label, {"nvidia.com/gpu": "8"}),  # reports neither: its devices count
+    ]
+    inventory = Inventory.build([cls], nodes)
+    assert inventory.total_devices == {"big": 8 + 7 + 3 + 8}
+    assert inventory.devices_per_pod == {"big": 3}  # a worker pod that fits on every Node of the class

@@ -86,8 +86,15 @@ def test_power_budget_too_small_names_the_budget_and_the_excess(workflows, inven
     tiny = PowerGroup("gpu-rows", frozenset(inventory.classes), 300, 10_000, 0.6, 300, 0)
     plan = plan_workflow(workflows["rag-assistant"].spec, replace(inventory, power_groups=(tiny,)), "exact")
     assert not plan.feasible
-    assert any(b.startswith("PowerBudget gpu-rows: expected draw ") and "exceeds 0.3 kW" in b
+    assert any(b.startswith("PowerBudget gpu-rows: expected draw ") and "exceeds the 300 W available (over by " in b
                for b in plan.binding_constraints), plan.binding_constraints
+
+
+def test_an_exhausted_power_budget_reads_as_such(workflows, inventory):
+    gone = PowerGroup("gpu-rows", frozenset(inventory.classes), -50, 10_000, 0.6, 1, 0)  # others hold more than all
+    plan = plan_workflow(workflows["rag-assistant"].spec, replace(inventory, power_groups=(gone,)), "exact")
+    (message,) = [b for b in plan.binding_constraints if b.startswith("PowerBudget gpu-rows: expected draw ")]
+    assert "exceeds the budget (no power left for this plan)" in message and " 0.0 kW" not in message, message
 
 
 def test_unknown_references_are_reported_not_raised(workflows, inventory):
