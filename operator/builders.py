@@ -17,6 +17,14 @@ from typing import Any, Mapping
 import yaml
 
 from tessera.api import API_VERSION, AgentWorkflow, HardwareClass, Plan, Stage, StagePlan
+from tessera.api.serve import (
+    HARDWARE_CLASS_ENV,
+    WORKER_METRICS_DIR,
+    WORKER_METRICS_PORT,
+    StageDeployment,
+    WorkflowAppArgs,
+    ray_resource,
+)
 from tessera.api.hardware import WORKER_POD_OVERHEAD_CPU, WORKER_POD_OVERHEAD_MEMORY_GIB
 from tessera.operator.settings import OperatorSettings
 
@@ -24,7 +32,6 @@ RAYSERVICE_API_VERSION = "ray.io/v1"
 WORKFLOW_LABEL = "tessera.dev/workflow"
 PLAN_ANNOTATION = "tessera.dev/plan"
 PLAN_GENERATION_ANNOTATION = "tessera.dev/plan-generation"
-RAY_RESOURCE_PREFIX = "tessera.dev/"
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")  # the device plugins whose devices Ray counts as GPUs
 MAX_CHILD_NAME = 50  # KubeRay derives longer names (<name>-raycluster-xxxxx, <name>-head-svc) from it
 
@@ -35,10 +42,6 @@ def child_name(workflow_name: str) -> str:
         return workflow_name
     digest = hashlib.sha256(workflow_name.encode()).hexdigest()[:8]
     return f"{workflow_name[:MAX_CHILD_NAME - 9].rstrip('-.')}-{digest}"
-
-
-WORKER_METRICS_DIR = "/tmp/tessera-metrics"
-WORKER_METRICS_PORT = 9100  # tessera.workers.metrics.DEFAULT_EXPORTER_PORT (the operator does not import workers)
 
 
 def build_labels(workflow: AgentWorkflow) -> dict[str, str]:
@@ -61,54 +64,48 @@ def build_owner_reference(workflow: AgentWorkflow) -> dict[str, Any]:
     }
 
 
-def ray_resource(hardware_class: str) -> str:
-    return RAY_RESOURCE_PREFIX + hardware_class
-
-
 def build_actor_options(stage: StagePlan, hardware: HardwareClass) -> dict[str, Any]:
     """ray_actor_options of one replica: its devices as GPUs (where Ray counts them) and as the class's resource."""
     gpus = stage.tensor_parallel if hardware.spec.resource_name in GPU_RESOURCES else 0
     return {"num_cpus": 1, "num_gpus": gpus, "resources": {ray_resource(stage.hardware_class): stage.tensor_parallel}}
 
 
-def build_stage_args(planned: StagePlan, declared: Stage, classes: dict[str, HardwareClass]) -> dict[str, Any]:
-    """One stage's entry in the application's args: its placement, and what each replica costs and draws."""
-    args: dict[str, Any] = {
-        "hardwareClass": planned.hardware_class,
-        "replicas": planned.replicas,
-        "rayActorOptions": build_actor_options(planned, classes[planned.hardware_class]),
-        "usdPerHour": planned.usd_per_hour / planned.replicas,
-        "watts": planned.watts / planned.replicas,
-    }
-    if declared.speculative_decoding is not None:
-        args["speculativeDecoding"] = declared.speculative_decoding.to_wire()
-    if planned.draft_hardware_class:
-        args["draftHardwareClass"] = planned.draft_hardware_class
-    return args
+def build_stage_args(planned: StagePlan, declared: Stage, classes: dict[str, HardwareClass]) -> StageDeployment:
+    """One stage's placement in the application's args, and what each replica costs and draws."""
+    deployment = StageDeployment(
+        hardware_class=planned.hardware_class,
+        replicas=planned.replicas,
+        tensor_parallel=planned.tensor_parallel,
+        ray_actor_options=build_actor_options(planned, classes[planned.hardware_class]),
+        usd_per_hour=planned.usd_per_hour / planned.replicas,
+        watts=planned.watts / planned.replicas,
+        predicted_latency_ms=planned.predicted_latency_ms,
+        draft_hardware_class=planned.draft_hardware_class,
+    )
+    if declared.kind.value == "llm":  # calls running at once in a replica: the plan's batch
+        deployment.max_ongoing_requests = planned.batch_size
+    return deployment
 
 
 def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass]) -> dict[str, Any]:
-    """The Serve application: the workers' builder with the plan in its args.
+    """The Serve application: the workers' builder with :class:`WorkflowAppArgs` (the spec and the plan) as args.
 
-    Replicas and actor options travel in ``args.stages`` rather than in a ``deployments`` override,
-    because the deployments' names belong to the application builder.
+    Replicas and actor options travel in ``args.deployments`` rather than in a Serve ``deployments``
+    override, because the deployments' names belong to the application builder.
     """
     spec = workflow.spec
     declared = {stage.name: stage for stage in spec.stages}
-    stages = {name: build_stage_args(stage, declared[name], classes) for name, stage in plan.stages.items()}
-    args = {
-        **spec.serve.args,
-        "workflow": workflow.metadata.name,
-        "namespace": workflow.metadata.namespace,
-        "stages": stages,
-        "slo": spec.slo.to_wire(),
-        "priority": spec.priority,
-    }
+    args = WorkflowAppArgs(
+        workflow=workflow.metadata.name,
+        namespace=workflow.metadata.namespace,
+        spec=spec,
+        deployments={name: build_stage_args(stage, declared[name], classes) for name, stage in plan.stages.items()},
+    )
     return {"applications": [{
         "name": workflow.metadata.name,
         "route_prefix": f"/{workflow.metadata.name}",
         "import_path": spec.serve.import_path,
-        "args": args,
+        "args": args.to_wire(),
     }]}
 
 
@@ -157,7 +154,8 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
                 "image": image,
                 "resources": {"requests": requests, "limits": dict(requests)},
                 # Every Serve replica in the pod writes its Prometheus samples here (multiprocess mode) ...
-                "env": [{"name": "PROMETHEUS_MULTIPROC_DIR", "value": WORKER_METRICS_DIR}],
+                "env": [{"name": "PROMETHEUS_MULTIPROC_DIR", "value": WORKER_METRICS_DIR},
+                        {"name": HARDWARE_CLASS_ENV, "value": name}],  # replicas report it to the router
                 "volumeMounts": [metrics_mount],
             },
             {

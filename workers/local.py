@@ -4,7 +4,7 @@ The operator writes the application for a cluster: replicas and ``ray_actor_opti
 GPUs, and a custom resource per hardware class (``tessera.dev/<class>``) that only that class's
 worker group offers. Here every class becomes a custom resource of the local node, GPUs are dropped
 and CPUs shrink to fractions, so the same application runs, placed as the plan says, as far as one
-machine can. The demo and the operator-to-workers test both go through this module.
+machine can. The demo, the runtime benchmark and the operator-to-workers test all go through this module.
 """
 
 from __future__ import annotations
@@ -13,30 +13,45 @@ import copy
 import importlib
 from typing import Any
 
-RESOURCE_PREFIX = "tessera.dev/"
+from tessera.api.serve import WorkflowAppArgs, ray_resource
+
 # Enough units of every class's resource for any plan on one machine; the real limit is the CPU.
 LOCAL_UNITS_PER_CLASS = 1000
 
 
 def local_class_resources(class_names) -> dict[str, float]:
     """Custom resources for ``ray.init(resources=...)``: each hardware class, as if present here."""
-    return {f"{RESOURCE_PREFIX}{name}": LOCAL_UNITS_PER_CLASS for name in class_names}
+    return {ray_resource(name): LOCAL_UNITS_PER_CLASS for name in class_names}
+
+
+def _fit(options: dict[str, Any], cpus: float) -> dict[str, Any]:
+    return {**{k: v for k, v in options.items() if k != "memory"}, "num_gpus": 0, "num_cpus": cpus}
 
 
 def localize_application(application: dict[str, Any], *, max_replicas: int = 1, cpus_per_replica: float = 0.1) -> dict[str, Any]:
     """A copy of one ``serveConfigV2`` application that fits this machine.
 
-    Kept as the operator wrote them: the import path, the args, the stages, and each stage's
+    Kept as the operator wrote them: the import path, the workflow's spec, each stage's placement and
     hardware-class resource. Changed: GPUs -> 0, CPUs -> ``cpus_per_replica``, replicas capped at
-    ``max_replicas`` (each replica of an LLM stage loads the model).
+    ``max_replicas`` (each replica of a model loads it), and an llm stage runs one call at a time per
+    replica: the CPU engine interleaves concurrent calls token by token, which would only slow each of
+    them down and leave nothing for the urgency queue to order.
     """
     app = copy.deepcopy(application)
-    for stage in app.get("args", {}).get("stages", {}).values():
-        stage["replicas"] = min(int(stage.get("replicas", 1)), max_replicas)
-        options = stage.setdefault("rayActorOptions", {})
-        options["num_gpus"] = 0
-        options["num_cpus"] = cpus_per_replica
-        options.pop("memory", None)
+    args = WorkflowAppArgs.model_validate(app.get("args", {}))
+    llm_stages = {stage.name for stage in args.spec.stages if stage.kind.value == "llm"}
+    for name, placed in args.deployments.items():
+        args.deployments[name] = placed.model_copy(update={
+            "replicas": min(placed.replicas, max_replicas),
+            "ray_actor_options": _fit(placed.ray_actor_options, cpus_per_replica),
+            "max_ongoing_requests": 1 if name in llm_stages else placed.max_ongoing_requests,
+        })
+    for key, model in args.models.items():
+        args.models[key] = model.model_copy(update={
+            "replicas": min(model.replicas, max_replicas), "engine": "cpu",
+            "ray_actor_options": _fit(model.ray_actor_options, cpus_per_replica),
+        })
+    app["args"] = args.to_wire()
     return app
 
 

@@ -25,9 +25,9 @@ import tempfile
 import time
 
 from tessera.api.metrics import MetricSpec
+from tessera.api.serve import WORKER_METRICS_PORT
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-DEFAULT_EXPORTER_PORT = 9100
 # How the exporter merges one gauge's samples from several processes. Every worker gauge is one
 # replica's current state (queue depth, price, draw), written by that replica's process alone:
 # "mostrecent" reports the last value set, so a label set rewritten by a replacement process is not
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve the Prometheus metrics that every Tessera worker process on this node writes under "
         f"${MULTIPROC_DIR_ENV} (run as a sidecar of a Ray worker pod, sharing that folder).",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_EXPORTER_PORT, help="port to serve /metrics on")
+    parser.add_argument("--port", type=int, default=WORKER_METRICS_PORT, help="port to serve /metrics on")
     parser.add_argument("--dir", default=os.environ.get(MULTIPROC_DIR_ENV),
                         help=f"the shared folder (default: ${MULTIPROC_DIR_ENV})")
     parser.add_argument("--sweep-dead", action="store_true",

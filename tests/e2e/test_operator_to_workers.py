@@ -1,28 +1,31 @@
-"""What the operator writes is what the workers run.
+"""What the operator writes is what the workers run: a workflow with no ``spec.serve`` runs from kubectl to an answer.
 
-The real operator reconciles the Text-to-SQL example, applied with the real ``kubectl`` against the
-kmock emulator; the test then starts the Serve application from the resulting RayService's
-``serveConfigV2`` on a local Ray (hardware classes as local resources) and answers one question
-through it.
+The real operator reconciles ``examples/workflows/rag.yaml`` and ``chat.yaml``, applied with the
+real ``kubectl`` against the kmock emulator; the test then starts each Serve application from the
+resulting RayService's ``serveConfigV2`` (the default runtime, ``tessera.workers.runtime.app``) on a
+local Ray, localized by ``tessera.workers.local``, and sends each one request over HTTP.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from tessera.api.workflow import DEFAULT_SERVE_IMPORT_PATH
 from tessera.operator.builders import child_name
-from tessera_devtools import EmulatedCluster, OperatorRun, wait_for
+from tessera_devtools import EXAMPLES, EmulatedCluster, OperatorRun, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.model]
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples"
+WORKFLOWS = {"rag-assistant": "rag.yaml", "chat": "chat.yaml"}
 
 
 def kubectl_binary() -> str:
@@ -41,49 +44,72 @@ def kubectl(cluster: EmulatedCluster, *args: str) -> str:
     return result.stdout
 
 
-def rayservice_of_example(tmp_path: Path) -> dict:
-    """Apply the inventory and the Text-to-SQL workflow with kubectl; return the RayService the operator made."""
+def rayservices_of_examples(tmp_path: Path) -> dict[str, dict]:
+    """Apply the inventory and the workflows with kubectl; the RayService the operator made for each."""
+    children = {}
     with EmulatedCluster(nodes=EmulatedCluster.example_nodes(), workdir=tmp_path) as cluster, OperatorRun(cluster):
         inventory = EXAMPLES / "inventory"
         for name in ("hardware-classes.yaml", "model-profiles.yaml", "power-budget.yaml"):
             kubectl(cluster, "apply", "--validate=false", "-f", str(inventory / name))
-        kubectl(cluster, "apply", "--validate=false", "-f", str(EXAMPLES / "workflows" / "text2sql.yaml"))
-        phase = wait_for(lambda: kubectl(cluster, "get", "agentworkflow", "text2sql", "-o",
-                                         "jsonpath={.status.phase}") in ("Deploying", "Running"),
-                         timeout=60, what="the workflow to be deployed")
-        assert phase
-        name = child_name("text2sql")
-        return wait_for(lambda: cluster.get("ray.io/v1", "rayservices", name, "default"), timeout=30,
-                        what="the RayService child")
+        for workflow, file in WORKFLOWS.items():
+            kubectl(cluster, "apply", "--validate=false", "-f", str(EXAMPLES / "workflows" / file))
+        for workflow in WORKFLOWS:
+            assert wait_for(lambda: kubectl(cluster, "get", "agentworkflow", workflow, "-o",
+                                            "jsonpath={.status.phase}") in ("Deploying", "Running"),
+                            timeout=60, what=f"{workflow} to be deployed")
+            children[workflow] = wait_for(lambda: cluster.get("ray.io/v1", "rayservices", child_name(workflow), "default"),
+                                          timeout=30, what=f"the RayService of {workflow}")
+    return children
 
 
-def test_the_operators_rayservice_answers_a_question(tmp_path, serve_http_port):
+def serve_from(rayservice: dict):
     from ray import serve
 
     from tessera.workers.local import build_application, localize_application
-    from tessera.workers.text2sql.app import default_db_dirs
-    from tessera.workers.text2sql.sandbox import SQLSandbox, result_key
 
-    rayservice = rayservice_of_example(tmp_path)
-    config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    (written,) = config["applications"]
-    assert written["import_path"] == "tessera.workers.text2sql.app:build_app"
-    planned = written["args"]["stages"]
-    worker_groups = {g["groupName"]: g for g in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
-    for stage in planned.values():  # every stage asks for its class's resource, which its worker group offers
-        (resource,) = stage["rayActorOptions"]["resources"]
-        assert resource == f"tessera.dev/{stage['hardwareClass']}"
-        assert any(resource in g["rayStartParams"].get("resources", "") for g in worker_groups.values())
-
+    (written,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    assert written["import_path"] == DEFAULT_SERVE_IMPORT_PATH  # the workflows set no spec.serve
     application = localize_application(written)
-    assert application["args"]["stageMap"] == written["args"]["stageMap"]
-    handle = serve.run(build_application(application), name=application["name"],
-                       route_prefix=application["route_prefix"])
+    serve.run(build_application(application), name=application["name"], route_prefix=application["route_prefix"])
+    return application
+
+
+def test_rag_and_chat_run_from_kubectl_apply_to_an_answer(tmp_path, serve_http_port):
+    from ray import serve
+
+    from tessera.workers.retrieval import default_corpus, index_files
+
+    index_files(default_corpus(), "tessera-docs")  # what `tessera index` does, into the default local store
+    children = rayservices_of_examples(tmp_path)
+    tickets = Path("/tmp/tessera-tickets.jsonl")  # the rag example's file-ticket params.path
+    before = tickets.read_text().count("\n") if tickets.exists() else 0
+
+    rag = serve_from(children["rag-assistant"])
     try:
-        answer = handle.answer.remote("How many customers are there?", 2, 300).result(timeout_s=600)
+        answer = httpx.post(f"http://127.0.0.1:{serve_http_port}{rag['route_prefix']}",
+                            json={"input": "What does the operator write for each workflow?", "priority": 1,
+                                  "deadlineMs": 300_000},  # the first call loads the model and the collection
+                            timeout=300).json()
     finally:
-        serve.delete(application["name"])
-    db = SQLSandbox(default_db_dirs() / "store.sqlite")
-    assert answer["error"] is None, answer
-    assert result_key([tuple(r) for r in answer["rows"]]) == result_key(db.execute("SELECT COUNT(*) FROM customers").rows)
-    assert [s["name"] for s in answer["stages"]][:3] == ["schema_linking", "candidate_generation", "execution"]
+        serve.delete(rag["name"])
+    assert "error" not in answer, answer
+    stages = {s["name"]: s for s in answer["stages"]}
+    assert list(stages) == ["retrieve", "rerank", "answer", "file-ticket"]
+    assert len(stages["retrieve"]["output"]) == 6 and len(stages["rerank"]["output"]) == 2
+    assert isinstance(stages["answer"]["output"], str) and stages["answer"]["output"].strip()
+    assert tickets.read_text().count("\n") == before + 1
+    assert answer["output"]["path"] == str(tickets)
+
+    chat = serve_from(children["chat"])
+    try:
+        with httpx.stream("POST", f"http://127.0.0.1:{serve_http_port}{chat['route_prefix']}",
+                          json={"input": "Name a primary colour.", "stream": True}, timeout=300) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = [block for block in response.iter_text() for block in block.split("\n\n") if block.strip()]
+    finally:
+        serve.delete(chat["name"])
+    kinds = [event.split("\n")[0] for event in events]
+    assert kinds[-1] == "event: result" and kinds.count("event: token") >= 1
+    tokens = "".join(json.loads(e.split("data: ", 1)[1]) for e in events if e.startswith("event: token"))
+    result = json.loads(events[-1].split("data: ", 1)[1])
+    assert result["output"] == tokens and result["priority"] == 2 and result["deadlineMs"] == 6000
