@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "text2sql": ("tessera.cli.text2sql", "Text-to-SQL: execution accuracy of single-shot vs the full pipeline, stage latency"),
     "sim": ("tessera.sim.bench", "simulator speed: 10,000 Text-to-SQL requests, rr-fcfs vs wb-urgency, against a 30 s budget"),
     "specdec": ("tessera.workers.llm.bench_specdec", "speculative decoding: tokens/s of each draft method vs plain greedy decoding, outputs checked identical"),
+    "runtime": ("tessera.workers.runtime.bench", "workflow runtime: overhead per stage hop, and a mixed-priority burst under urgency vs FCFS (per-class attainment, p50/p95)"),
     "operator": ("tessera.operator.bench", "operator: 500 AgentWorkflows applied at once to an emulated cluster, time until all are planned, reconcile latency, RSS"),
 }
 
