@@ -51,7 +51,7 @@ from tessera.workers.text2sql.pipeline import (
     Text2SQLPipeline,
     Text2SQLRequest,
 )
-from tessera.workers.text2sql.routing import PolicyRequestRouter, ReplicaWorkQueue, replica_hardware_class
+from tessera.workers.runtime.routing import PolicyRequestRouter, ReplicaWorkQueue, replica_hardware_class
 from tessera.workers.text2sql.stages import (
     CandidateGenerator,
     SchemaLinker,

@@ -16,7 +16,7 @@ pytest.importorskip("ray.serve")
 
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID  # noqa: E402
 
-from tessera.workers.text2sql.routing import PolicyRequestRouter, ReplicaWorkQueue  # noqa: E402
+from tessera.workers.runtime.routing import PolicyRequestRouter, ReplicaWorkQueue  # noqa: E402
 
 
 def replica(name: str, hardware_class: str, outstanding_s: float = 0.0):
