@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from tessera.api.power import CappingPolicy
 from tessera.planner import cost
+from tessera.planner.capping import Controller, Device, Level, Thresholds
 from tessera.sim.fleet import MAX_BATCH, EngineClass
 from tessera.sim.workload import Request, Step
 from tessera.workers.scheduling import Dispatcher, LocalQueue, QueueFactory, ReplicaView, StageCall
@@ -31,56 +33,57 @@ EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class CapLevel:
-    """A power cap: at most ``tdp_fraction`` x TDP, prefill and decode slowed by these factors."""
+class Slowdown:
+    """How much a cap level slows prefill and decode (docs/results.md: Samsi et al. for the 70 % cap)."""
 
-    tdp_fraction: float
-    prefill_slowdown: float
-    decode_slowdown: float
+    prefill: float
+    decode: float
+
+
+@dataclass(frozen=True)
+class EngineCap:
+    watts: float
+    slowdown: Slowdown
 
 
 @dataclass(frozen=True)
 class PowerPolicy:
-    """POLCA two-threshold capping of one power group (fractions of ``provisioned_watts``).
+    """One power group on ``provisioned_watts``, run by the shared POLCA controller (``planner.capping``).
 
-    Above T1 the engines serving no call of priority >= ``low_priority_below`` are capped to
-    ``low``; above T2 every engine is capped to ``high``; caps lift once the draw falls ``margin``
-    below the threshold that set them, but no sooner than ``hold_s`` after they were set (without the
-    hold, a cap that works lifts itself at once and the group oscillates). A decision acts ``delay_s``
-    after the draw crosses a line. ``capping=False`` only measures the draw. POLCA publishes none of
-    these figures; ours are in the scenario files and docs/results.md.
+    ``policy`` is the PowerBudget's capping policy (thresholds, cap levels, delays); ``low`` and
+    ``high`` are how much its two cap levels slow an engine. ``steer`` sends low-priority calls to
+    capped engines while the group is capped, keeping the uncapped ones for urgent work.
+    ``capping=False`` only measures the draw.
     """
 
     provisioned_watts: float
     capping: bool = True
-    t1: float = 0.85
-    t2: float = 0.95
-    margin: float = 0.05
-    low: CapLevel = CapLevel(0.70, 1.067, 1.0)
-    high: CapLevel = CapLevel(0.60, 1.15, 1.02)
-    low_priority_below: int = 1
-    delay_s: float = 1.0
-    hold_s: float = 10.0
+    policy: CappingPolicy = field(default_factory=CappingPolicy)
+    low: Slowdown = Slowdown(1.067, 1.0)
+    high: Slowdown = Slowdown(1.15, 1.02)
+    steer: bool = True
+
+    def slowdown(self, level: Level) -> Slowdown:
+        return self.high if level == Level.ALL else self.low
 
 
 class PowerGroup:
-    """The draw of every engine on one budget, the time spent above it, and the capping controller."""
-
-    NONE, LOW, ALL = 0, 1, 2
+    """The draw of every engine on one budget, the time spent above it, and its controller."""
 
     def __init__(self, policy: PowerPolicy | None, watts: float):
         self.policy = policy
+        self.controller = Controller(Thresholds.from_policy(policy.provisioned_watts, policy.policy)) if policy else None
         self.watts = watts
         self.peak_watts = watts
         self.last_t = 0.0
         self.over_budget_s = 0.0
-        self.level = self.NONE
-        self.level_since = -math.inf
-        self.decision_pending = False
-        self.cap_events = 0
+
+    @property
+    def capping(self) -> bool:
+        return self.controller is not None and self.policy.capping
 
     def changed(self, now: float, delta_watts: float) -> float | None:
-        """Account a change of draw; returns when the controller should decide, if it should and has not been asked."""
+        """Account a change of draw; returns when the controller should decide, if that is new."""
         if self.policy is None:
             return None
         if self.watts > self.policy.provisioned_watts:
@@ -88,42 +91,15 @@ class PowerGroup:
         self.last_t = now
         self.watts += delta_watts
         self.peak_watts = max(self.peak_watts, self.watts)
-        return self.next_decision(now)
+        return self.controller.observe(now, self.watts) if self.capping else None
 
-    def next_decision(self, now: float) -> float | None:
-        if self.policy is None or not self.policy.capping or self.decision_pending:
+    def cap_for(self, engine: "Engine") -> EngineCap | None:
+        if not self.capping:
             return None
-        wanted = self._wanted()
-        if wanted == self.level:
+        fraction = self.controller.cap_fraction(engine.device())
+        if fraction is None:
             return None
-        self.decision_pending = True
-        at = now + self.policy.delay_s
-        return at if wanted > self.level else max(at, self.level_since + self.policy.hold_s)
-
-    def _wanted(self) -> int:
-        p, budget = self.policy, self.policy.provisioned_watts
-        if self.watts > p.t2 * budget or (self.level == self.ALL and self.watts > (p.t2 - p.margin) * budget):
-            return self.ALL
-        if self.watts > p.t1 * budget or (self.level >= self.LOW and self.watts > (p.t1 - p.margin) * budget):
-            return self.LOW
-        return self.NONE
-
-    def decide(self, now: float) -> bool:
-        """The controller acts: returns whether the cap level changed."""
-        self.decision_pending = False
-        wanted = self._wanted()
-        if wanted == self.level or (wanted < self.level and now < self.level_since + self.policy.hold_s):
-            return False
-        self.cap_events += wanted > self.level
-        self.level, self.level_since = wanted, now
-        return True
-
-    def cap_for(self, engine: "Engine") -> CapLevel | None:
-        if self.level == self.ALL:
-            return self.policy.high
-        if self.level == self.LOW and engine.high_running == 0:
-            return self.policy.low
-        return None
+        return EngineCap(fraction * engine.cls.spec.tdp_watts, self.policy.slowdown(self.controller.level))
 
 
 @dataclass
@@ -135,7 +111,7 @@ class Job:
     prefill_s: float
     decode_s: float
     est_s: float
-    high_priority: bool
+    priority: int
 
 
 class Engine:
@@ -152,8 +128,8 @@ class Engine:
         self.decoders: list[tuple[float, int, Job]] = []
         self.v_decode = 0.0
         self.kv_used = 0
-        self.high_running = 0
-        self.cap: CapLevel | None = None
+        self.running_priorities: Counter[int] = Counter()  # of the calls admitted, not yet done
+        self.cap: EngineCap | None = None
         self.last_t = 0.0
         self.rate_prefill = 0.0
         self.rate_decode = 0.0
@@ -174,7 +150,7 @@ class Engine:
 
     def recompute(self) -> None:
         n = len(self.decoders)
-        prefill_slow, decode_slow = (self.cap.prefill_slowdown, self.cap.decode_slowdown) if self.cap else (1.0, 1.0)
+        prefill_slow, decode_slow = (self.cap.slowdown.prefill, self.cap.slowdown.decode) if self.cap else (1.0, 1.0)
         decode_t = self.cls.decode_step_s[n - 1] * decode_slow if n else 0.0
         chunk_alone_t = (self.token_budget - n) * self.cls.prefill_s_per_token if self.prefill_job else 0.0
         prefill_t = chunk_alone_t * prefill_slow
@@ -187,7 +163,11 @@ class Engine:
         self.rate_prefill = chunk_alone_t / iteration
         decode_w = self.cls.decode_watts[n - 1] if n else 0.0
         power = (prefill_t * self.cls.prefill_watts + decode_t * decode_w) / iteration
-        self.power = min(power, self.cap.tdp_fraction * self.cls.spec.tdp_watts) if self.cap else power
+        self.power = min(power, self.cap.watts) if self.cap else power
+
+    def device(self) -> Device:
+        """This engine as the capping controller sees it: the most urgent work it serves now."""
+        return Device(self.replica_id, self.cls.spec.tdp_watts, max(self.running_priorities, default=None))
 
     def next_time(self) -> float | None:
         times = []
@@ -209,7 +189,7 @@ class Engine:
         self.prefill_job = job
         self.prefill_left = job.prefill_s
         self.kv_used += job.tokens
-        self.high_running += job.high_priority
+        self.running_priorities[job.priority] += 1
         if job.request.first_start_s is None:
             job.request.first_start_s = now
 
@@ -223,7 +203,9 @@ class Engine:
         while self.decoders and self.decoders[0][0] <= self.v_decode + EPS * (1 + self.v_decode):
             job = heapq.heappop(self.decoders)[2]
             self.kv_used -= job.tokens
-            self.high_running -= job.high_priority
+            self.running_priorities[job.priority] -= 1
+            if not self.running_priorities[job.priority]:
+                del self.running_priorities[job.priority]
             done.append(job)
         self.admit(now)
         return done
@@ -297,141 +279,164 @@ class Simulator:
     stop_below_attainment: float | None = None  # stop once this attainment can no longer be reached
 
     def run(self, requests: list[Request]) -> SimResult:
-        sequence = itertools.count()
-        engines = [
-            Engine(i, f"{name}-{i}", self.classes[name], self.queue_factory(name), self.token_budget)
-            for i, name in enumerate(self.fleet)
+        return _Run(self, requests).result()
+
+
+ARRIVAL, ENGINE, CONTROL = 0, 1, 2  # event kinds
+
+
+class _Run:
+    """The state of one simulation, and one handler per event kind."""
+
+    def __init__(self, sim: Simulator, requests: list[Request]):
+        self.sim = sim
+        self.sequence = itertools.count()
+        self.engines = [
+            Engine(i, f"{name}-{i}", sim.classes[name], sim.queue_factory(name), sim.token_budget)
+            for i, name in enumerate(sim.fleet)
         ]
-        by_id = {e.replica_id: e for e in engines}
-        views = [ReplicaView(e.replica_id, e.cls.name, 0.0, self.weights.get(e.cls.name, 1.0)) for e in engines]
-        costs = step_costs(self.steps, {n: self.classes[n] for n in set(self.fleet)}, self.reference)
-        states = [RequestState(r) for r in sorted(requests, key=lambda r: r.arrival_s)]
-        events: list[tuple[float, int, int, int, int]] = []  # (time, seq, kind, index, version)
-        ARRIVAL, ENGINE, CONTROL = 0, 1, 2
+        self.by_id = {e.replica_id: e for e in self.engines}
+        self.views = [ReplicaView(e.replica_id, e.cls.name, 0.0, sim.weights.get(e.cls.name, 1.0)) for e in self.engines]
+        self.costs = step_costs(sim.steps, {n: sim.classes[n] for n in set(sim.fleet)}, sim.reference)
+        self.states = [RequestState(r) for r in sorted(requests, key=lambda r: r.arrival_s)]
+        self.events: list[tuple[float, int, int, int, int]] = []  # (time, seq, kind, index, version)
+        self.group = PowerGroup(sim.power, sum(e.power for e in self.engines))
+        n = len(self.states)
+        self.allowed_misses = None if sim.stop_below_attainment is None else int((1 - sim.stop_below_attainment) * n)
+        self.missed = self.finished = self.processed = 0
+        self.stopped = False
+        self.handlers = {ARRIVAL: self.on_arrival, ENGINE: self.on_engine, CONTROL: self.on_control}
 
-        def schedule(engine: Engine) -> None:
-            engine.version += 1
-            t = engine.next_time()
-            if t is not None:
-                heapq.heappush(events, (t, next(sequence), ENGINE, engine.index, engine.version))
+    def push(self, at: float, kind: int, index: int = 0, version: int = 0) -> None:
+        heapq.heappush(self.events, (at, next(self.sequence), kind, index, version))
 
-        group = PowerGroup(self.power, sum(e.power for e in engines))
+    def schedule(self, engine: Engine) -> None:
+        engine.version += 1
+        t = engine.next_time()
+        if t is not None:
+            self.push(t, ENGINE, engine.index, engine.version)
 
-        def power_changed(now: float, before: float, after: float) -> None:
-            decision = group.changed(now, after - before)
-            if decision is not None:
-                heapq.heappush(events, (decision, next(sequence), CONTROL, 0, 0))
+    def update(self, engine: Engine, now: float, change) -> list[Job]:
+        """Run ``change`` on ``engine`` at ``now`` (its caps re-read after), account the draw, reschedule it."""
+        engine.advance(now)
+        before = engine.power
+        done = change()
+        engine.cap = self.group.cap_for(engine)
+        engine.recompute()
+        decision = self.group.changed(now, engine.power - before)
+        if decision is not None:
+            self.push(decision, CONTROL)
+        self.schedule(engine)
+        return done
 
-        def apply_caps(now: float) -> None:
-            for e in engines:
-                cap = group.cap_for(e)
-                if cap is not e.cap:
-                    e.advance(now)
-                    before = e.power
-                    e.cap = cap
-                    e.recompute()
-                    power_changed(now, before, e.power)
-                    schedule(e)
+    # --- handlers -------------------------------------------------------------------------------
 
-        def start_group(state: RequestState, now: float) -> None:
-            req = state.request
-            name, _, calls = req.groups[state.group]
-            cost = costs[name]
-            after = [costs[later].mean_s for later, _, _ in req.groups[state.group + 1:]]  # T̄ of what follows
-            state.pending = len(calls)
-            for n_in, n_out in calls:
-                tokens = n_in + n_out
-                est = {
-                    c: n_in * cost.prefill_per_token[c] + cost.mean_output_tokens * cost.decode_per_token[c]
-                    for c in cost.prefill_per_token if self.classes[c].fits(tokens)
-                }
-                if not est:
-                    largest = max(self.classes[c].kv_tokens for c in cost.prefill_per_token)
-                    raise ValueError(f"request {req.id}: a {name} call needs {tokens} KV tokens, the largest engine "
-                                     f"holds {largest}")
-                call = StageCall(req.id, name, req.priority, req.arrival_s, req.deadline_s, now, est, after, cost.mean_s)
-                engine = by_id[self.dispatcher.choose(call, views)]
-                cls = engine.cls.name
-                call.payload = Job(
-                    state, tokens, n_in * cost.prefill_per_token[cls], n_out * cost.decode_per_token[cls], est[cls],
-                    req.priority >= (self.power.low_priority_below if self.power else 1),
-                )
-                self.dispatcher.on_assign(engine.replica_id, est[cls])
-                engine.queue.push(call, now)
-                if engine.prefill_job is None:
-                    engine.advance(now)
-                    before = engine.power
-                    engine.admit(now)
-                    engine.recompute()
-                    power_changed(now, before, engine.power)
-                    schedule(engine)
+    def on_arrival(self, now: float, index: int, _version: int) -> None:
+        if index + 1 < len(self.states):
+            self.push(self.states[index + 1].request.arrival_s, ARRIVAL, index + 1)
+        self.start_group(self.states[index], now)
 
-        n = len(states)
-        allowed_misses = None if self.stop_below_attainment is None else int((1 - self.stop_below_attainment) * n)
-        missed = finished = processed = 0
-        stopped = False
-        if states:
-            heapq.heappush(events, (states[0].request.arrival_s, next(sequence), ARRIVAL, 0, 0))
+    def on_control(self, now: float, _index: int, _version: int) -> None:
+        controller = self.group.controller
+        if controller.decide(now, self.group.watts):
+            for e in self.engines:
+                if self.group.cap_for(e) != e.cap:
+                    self.update(e, now, lambda: None)
+        decision = controller.observe(now, self.group.watts)
+        if decision is not None:
+            self.push(decision, CONTROL)
+
+    def on_engine(self, now: float, index: int, version: int) -> None:
+        engine = self.engines[index]
+        if version != engine.version:
+            return
+        for job in self.update(engine, now, lambda: engine.step(now, self.sequence)):
+            self.sim.dispatcher.on_complete(engine.replica_id, job.est_s)
+            state = job.request
+            state.pending -= 1
+            if state.pending:
+                continue
+            state.group += 1
+            if state.group < len(state.request.groups):
+                self.start_group(state, now)
+                continue
+            state.finish_s = now
+            self.finished += 1
+            self.missed += now > state.request.deadline_s + EPS
+        if self.allowed_misses is not None and self.missed > self.allowed_misses:
+            self.stopped = True
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def candidates(self, priority: int, est: dict[str, float]) -> list[ReplicaView]:
+        """Where a call may go: while the group is capped, low-priority calls go to capped engines that fit them."""
+        power = self.sim.power
+        if not (self.group.capping and power.steer and self.group.controller.level > Level.NONE
+                and priority < power.policy.low_priority_below):
+            return self.views
+        capped = [v for v, e in zip(self.views, self.engines) if e.cap is not None and v.hardware_class in est]
+        return capped or self.views
+
+    def start_group(self, state: RequestState, now: float) -> None:
+        sim, req = self.sim, state.request
+        name, _, calls = req.groups[state.group]
+        cost = self.costs[name]
+        after = [self.costs[later].mean_s for later, _, _ in req.groups[state.group + 1:]]  # T̄ of what follows
+        state.pending = len(calls)
+        for n_in, n_out in calls:
+            tokens = n_in + n_out
+            est = {
+                c: n_in * cost.prefill_per_token[c] + cost.mean_output_tokens * cost.decode_per_token[c]
+                for c in cost.prefill_per_token if sim.classes[c].fits(tokens)
+            }
+            if not est:
+                largest = max(sim.classes[c].kv_tokens for c in cost.prefill_per_token)
+                raise ValueError(f"request {req.id}: a {name} call needs {tokens} KV tokens, the largest engine "
+                                 f"holds {largest}")
+            call = StageCall(req.id, name, req.priority, req.arrival_s, req.deadline_s, now, est, after, cost.mean_s)
+            engine = self.by_id[sim.dispatcher.choose(call, self.candidates(req.priority, est))]
+            cls = engine.cls.name
+            call.payload = Job(state, tokens, n_in * cost.prefill_per_token[cls], n_out * cost.decode_per_token[cls],
+                               est[cls], req.priority)
+            sim.dispatcher.on_assign(engine.replica_id, est[cls])
+            engine.queue.push(call, now)
+            if engine.prefill_job is None:
+                self.update(engine, now, lambda: engine.admit(now))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def result(self) -> SimResult:
+        if self.states:
+            self.push(self.states[0].request.arrival_s, ARRIVAL)
         now = 0.0
-        while events:
-            now, _, kind, index, version = heapq.heappop(events)
-            processed += 1
-            if kind == ARRIVAL:
-                if index + 1 < n:
-                    heapq.heappush(events, (states[index + 1].request.arrival_s, next(sequence), ARRIVAL, index + 1, 0))
-                start_group(states[index], now)
-            elif kind == CONTROL:
-                if group.decide(now):
-                    apply_caps(now)
-                decision = group.next_decision(now)
-                if decision is not None:
-                    heapq.heappush(events, (decision, next(sequence), CONTROL, 0, 0))
-            else:
-                engine = engines[index]
-                if version != engine.version:
-                    continue
-                engine.advance(now)
-                before = engine.power
-                done = engine.step(now, sequence)
-                engine.recompute()
-                power_changed(now, before, engine.power)
-                schedule(engine)
-                for job in done:
-                    self.dispatcher.on_complete(engine.replica_id, job.est_s)
-                    state = job.request
-                    state.pending -= 1
-                    if state.pending:
-                        continue
-                    state.group += 1
-                    if state.group < len(state.request.groups):
-                        start_group(state, now)
-                        continue
-                    state.finish_s = now
-                    finished += 1
-                    missed += now > state.request.deadline_s + EPS
-                if allowed_misses is not None and missed > allowed_misses:
-                    stopped = True
-                    break
-        end = now
-        for e in engines:
-            e.advance(end)
-        group.changed(end, 0.0)
+        while self.events and not self.stopped:
+            now, _, kind, index, version = heapq.heappop(self.events)
+            self.processed += 1
+            self.handlers[kind](now, index, version)
+        for e in self.engines:
+            e.advance(now)
+        self.group.changed(now, 0.0)
+        return self.summary(now)
+
+    def summary(self, end: float) -> SimResult:
+        sim, states, engines = self.sim, self.states, self.engines
         latencies = np.array([(s.finish_s - s.request.arrival_s) if s.finish_s is not None else np.inf for s in states])
         met = np.array([s.finish_s is not None and s.finish_s <= s.request.deadline_s + EPS for s in states], dtype=bool)
         makespan = end  # the clock starts at 0 with every engine idle
         energy_j = sum(e.energy_j for e in engines)
         prices = cost.DEFAULT.prices
-        usd = (sum(self.classes[name].usd_per_hour for name in self.fleet) * makespan / 3600
+        usd = (sum(sim.classes[name].usd_per_hour for name in sim.fleet) * makespan / 3600
                + energy_j / 3.6e6 * prices.pue * prices.usd_per_kwh)
         busy: dict[str, list[float]] = {}
         for e in engines:
             busy.setdefault(e.cls.name, []).append(e.busy_s / makespan if makespan else 0.0)
+        controller = self.group.controller
         return SimResult(
             latencies_s=latencies, met=met,
             first_waits_s=np.array([(s.first_start_s - s.request.arrival_s) if s.first_start_s is not None else np.inf
                                     for s in states]), priorities=np.array([s.request.priority for s in states]),
             makespan_s=makespan, energy_j=energy_j, usd=usd,
-            busy_fraction={k: float(np.mean(v)) for k, v in busy.items()}, peak_watts=group.peak_watts,
-            over_budget_s=group.over_budget_s, cap_events=group.cap_events, stopped_early=stopped, events=processed,
-            finished=finished,
+            busy_fraction={k: float(np.mean(v)) for k, v in busy.items()}, peak_watts=self.group.peak_watts,
+            over_budget_s=self.group.over_budget_s, cap_events=controller.cap_events if controller else 0,
+            stopped_early=self.stopped, events=self.processed, finished=self.finished,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tessera.api.power import CappingPolicy
 from tessera.sim.core import PowerPolicy, SimResult, Simulator
 from tessera.sim.fleet import REFERENCE_CLASS, engine_classes
 from tessera.sim.workload import TEXT2SQL_STEPS, Arrivals, Request, Step, Tenant, critical_path_s, generate
@@ -226,10 +227,11 @@ def tune_alpha(runner: Runner, policy: str = "wb-urgency", alphas: Iterable[floa
 
 
 def power_policy(scenario: Scenario, fleet_watts: float, capping: bool) -> PowerPolicy:
+    """The scenario's power group; ``capping`` (the PowerBudget's fields, camelCase) overrides the API defaults."""
     spec = scenario.power or {}
     watts = spec.get("provisionedWatts", "nameplate")
     return PowerPolicy(provisioned_watts=fleet_watts if watts == "nameplate" else float(watts), capping=capping,
-                       delay_s=spec.get("delayS", 1.0))
+                       policy=CappingPolicy.model_validate(spec.get("capping", {})), steer=spec.get("steer", True))
 
 
 def run_polca(runner: Runner, policy: str) -> dict:
