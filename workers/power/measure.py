@@ -4,19 +4,18 @@ step replayed as one CUDA graph (as vLLM and SGLang do), at several batch sizes 
 power sampled during each loop. Also reads power and limits through the node agent's NVML reader
 while a matmul load runs (it never sets a limit).
 
-Standalone (torch, pynvml, and ``tessera.workers.power.readers`` when importable):
+Needs torch and pynvml (no model download):
 
-    python3 planner/calibration/measure_engine.py --out engine.json              # on the GPU
-    python3 planner/calibration/measure_engine.py --tiny --device cpu --out /tmp/t.json
+    python -m tessera.workers.power.measure --out engine.json              # on the GPU
+    python -m tessera.workers.power.measure --tiny --device cpu --out /tmp/t.json
 
-``python -m tessera.planner.calibration.fit_engine engine.json`` fits the engine profile to it.
+``python -m tessera.planner.calibration.fit --engine engine.json`` fits the engine profile to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -25,8 +24,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import DecoderStack, log  # noqa: E402  (the same decoder layers as the unfused calibration)
+from tessera.planner.calibration.measure import DecoderStack, log  # the same layers as the unfused calibration
+from tessera.workers.power.readers import NvmlReader
 
 # config.json of Llama-3.1-8B (fitted on) and Llama-3.2-3B (held out); vocabulary 128,256.
 MODELS = {
@@ -91,11 +90,6 @@ class Sampler:
 
 
 def open_reader():
-    try:
-        from tessera.workers.power.readers import NvmlReader
-    except ImportError as err:
-        log(f"no NVML reader ({err}): measuring without power")
-        return None
     try:
         return NvmlReader()
     except Exception as err:  # no NVML on this machine (the CPU smoke test)
