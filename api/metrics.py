@@ -68,6 +68,46 @@ POWER_BUDGET_PROVISIONED_WATTS = MetricSpec(
 POWER_BUDGET_PLANNED_WATTS = MetricSpec(
     "tessera_power_budget_planned_watts", "gauge", "Planned expected draw inside a PowerBudget.", ("budget",)
 )
+POWER_BUDGET_OVERSUBSCRIBED_WATTS = MetricSpec(
+    "tessera_power_budget_oversubscribed_watts", "gauge",
+    "What a PowerBudget lets plans expect: provisioned x (1 + oversubscriptionPercent/100).", ("budget",)
+)
+POWER_BUDGET_MAX_OVER_SECONDS = MetricSpec(
+    "tessera_power_budget_max_over_budget_seconds", "gauge",
+    "How long a PowerBudget's group may draw more than its provisioned watts.", ("budget",)
+)
+POWER_GROUP_WATTS = MetricSpec(
+    "tessera_power_group_watts", "gauge", "A PowerBudget group's draw, summed from the node agents.", ("budget",)
+)
+POWER_GROUP_OVER_SECONDS = MetricSpec(
+    "tessera_power_group_over_budget_seconds", "gauge",
+    "How long the group has drawn more than provisioned watts without a break (0 when within).", ("budget",)
+)
+POWER_GROUP_CAP_LEVEL = MetricSpec(
+    "tessera_power_group_cap_level", "gauge", "The group's cap level: 0 none, 1 above T1, 2 above T2.", ("budget",)
+)
+POWER_GROUP_CAPPED_DEVICES = MetricSpec(
+    "tessera_power_group_capped_devices", "gauge", "Devices of the group under a cap.", ("budget",)
+)
+POWER_CAP_CHANGES = MetricSpec(
+    "tessera_power_cap_changes", "counter", "Cap level changes of a group, by direction (cap, lift).",
+    ("budget", "direction"),
+)
+
+# --- node power agent ----------------------------------------------------------------------
+AGENT_DEVICE_WATTS = MetricSpec(
+    "tessera_power_device_watts", "gauge", "An accelerator's power draw.", ("node", "device")
+)
+AGENT_DEVICE_LIMIT_WATTS = MetricSpec(
+    "tessera_power_device_limit_watts", "gauge", "An accelerator's power limit in force.", ("node", "device")
+)
+AGENT_NODE_WATTS = MetricSpec(
+    "tessera_power_node_watts", "gauge", "The draw of every accelerator of a node.", ("node",)
+)
+AGENT_LIMIT_WRITES = MetricSpec(
+    "tessera_power_limit_writes", "counter", "Power limits the agent wrote, by outcome (ok, refused, error).",
+    ("node", "outcome"),
+)
 
 # --- workers -----------------------------------------------------------------------------
 WORKER_REQUESTS = MetricSpec(

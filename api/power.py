@@ -76,6 +76,32 @@ class PowerBudgetStatus(WireModel):
     )
 
 
+class DevicePower(WireModel):
+    """One accelerator as its node's power agent reads it (watts)."""
+
+    index: int = Field(ge=0)
+    uuid: str
+    power_watts: float = Field(ge=0)
+    limit_watts: float = Field(ge=0, description="The power limit in force.")
+    default_limit_watts: float = Field(ge=0)
+    min_limit_watts: float = Field(ge=0)
+    max_limit_watts: float = Field(ge=0)
+
+
+class NodePowerReadings(WireModel):
+    """What a node power agent serves on /readings; the operator's power controller reads it."""
+
+    node: str
+    vendor: str
+    time: str = Field(description="When the devices were read (RFC 3339).")
+    devices: list[DevicePower] = Field(default_factory=list)
+
+
+def device_key(node: str, index: int) -> str:
+    """How a device is named in PowerBudget status.caps."""
+    return f"{node}/{index}"
+
+
 class PowerBudget(WireModel):
     api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
     kind: Literal["PowerBudget"] = "PowerBudget"
