@@ -15,6 +15,8 @@ in kopf's ``memo``, so two operators in one process (tests) never share it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
 import heapq
 import itertools
@@ -134,9 +136,14 @@ class OperatorState:
     queued: set[str] = field(default_factory=set)
     inventory_changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    kopf_context: contextvars.Context | None = None  # a handler's context: kopf's Event poster is reachable there
     writes: set[asyncio.Task] = field(default_factory=set)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECONCILES))  # seconds per reconcile
     queued_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RECONCILES))  # waiting for a turn
+
+    def seen_from_handler(self) -> None:
+        if self.kopf_context is None:
+            self.kopf_context = contextvars.copy_context()
 
     def enqueue(self, key: str) -> None:
         if key not in self.queued:
@@ -383,7 +390,7 @@ async def reconcile(body: Mapping[str, Any], state: OperatorState, logger: loggi
         if state.versions.get(key) == version:  # else a newer reconcile of this workflow writes the newer state
             await _apply_child(state, namespace, name, desired.rayservice, actual_child, logger)
         for type_, reason, message in desired.events:
-            post_event(body, type_, reason, message)
+            post_event(state, body, type_, reason, message)
             (logger.info if type_ == NORMAL else logger.warning)(message)
         if desired.requeue_after is not None:
             state.later(key, desired.requeue_after)
@@ -415,13 +422,19 @@ async def _apply_child(state: OperatorState, namespace: str, name: str, desired:
         logger.info(f"{done} RayService {child_name(name)}")
 
 
-def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """A Kubernetes Event about ``body``, through kopf's poster (Warnings also pass its posting level)."""
+def post_event(state: OperatorState, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event about ``body``, through kopf's poster (Warnings also pass its posting level).
+
+    kopf's poster is found through context variables that its handlers see but our own tasks (the requeue
+    worker, the inventory watcher, started before kopf's poster) do not: those post in a handler's context.
+    """
     ref = {k: body.get(k) for k in ("apiVersion", "kind", "metadata")}
-    if type_ == NORMAL:
-        kopf.event(ref, type=type_, reason=reason, message=message[:1024])
+    post = (functools.partial(kopf.event, ref, type=type_, reason=reason, message=message[:1024]) if type_ == NORMAL
+            else functools.partial(kopf.warn, ref, reason=reason, message=message[:1024]))
+    if state.kopf_context is not None:
+        state.kopf_context.run(post)
     else:
-        kopf.warn(ref, reason=reason, message=message[:1024])
+        post()
 
 
 def _shrinks(before: Holding | None, after: Holding) -> bool:
@@ -437,6 +450,7 @@ def _shrinks(before: Holding | None, after: Holding) -> bool:
 async def reconcile_workflow(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
                              retry: int, **_: Any) -> None:
     state = _state(memo)
+    state.seen_from_handler()
     key = workflow_key(body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         status = await reconcile(body, state, logger)
@@ -487,7 +501,7 @@ def publish_budgets(state: OperatorState, snapshot: Snapshot, holdings: Mapping[
         state.budget_fit[name] = fit
         if not within and (before is None or before[0]):
             body = {"apiVersion": API_VERSION, "kind": "PowerBudget", "metadata": budget.metadata.model_dump(by_alias=True, exclude_none=True)}
-            post_event(body, "Warning", Reason.over_budget, f"PowerBudget {name}: {message}")
+            post_event(state, body, "Warning", Reason.over_budget, f"PowerBudget {name}: {message}")
             logger.warning(f"PowerBudget {name}: {message}")
         write_inventory_status(state, "powerbudgets", name, budget.metadata.generation, None, logger)
 
@@ -523,6 +537,7 @@ def write_inventory_status(state: OperatorState, plural: str, name: str, generat
 async def inventory_event(type: str | None, resource: kopf.Resource, name: str, body: kopf.Body, memo: kopf.Memo,
                     logger: logging.Logger, **_: Any) -> None:
     state = _state(memo)
+    state.seen_from_handler()
     key = (resource.plural, name)
     if type == "DELETED":
         mark = None
@@ -573,20 +588,28 @@ async def inventory_watcher(state: OperatorState, logger: logging.Logger) -> Non
         await state.inventory_changed.wait()
         await asyncio.sleep(DEBOUNCE_SECONDS)
         state.inventory_changed.clear()
-        snapshot = state.snapshot()
-        workflows = state.workflows()
-        children = state.children()
-        holdings = state.holdings_view(snapshot, workflows)
-        affected = [key for key, entry in workflows.items()
-                    if replan_reasons(entry.body, snapshot, holdings, state.memories.get(key, Memory()),
-                                      children.get(key))]
-        publish_budgets(state, snapshot, holdings, logger)
-        affected.sort(key=lambda k: rank(k, holdings.get(k) or Holding(
-            priority=workflows[k].priority, created=workflows[k].created)))
-        if affected:
-            logger.info(f"inventory changed: re-planning {len(affected)} workflow(s)")
-        for key in affected:
-            state.enqueue(key)
+        try:
+            queue_affected(state, logger)
+        except Exception:  # a bug must not stop re-planning for good
+            logger.exception("re-planning after an inventory change failed; trying again at the next change")
+
+
+def queue_affected(state: OperatorState, logger: logging.Logger) -> None:
+    """Queue, best rank first, the workflows whose plan must be made again; publish the budgets' planned watts."""
+    snapshot = state.snapshot()
+    workflows = state.workflows()
+    children = state.children()
+    holdings = state.holdings_view(snapshot, workflows)
+    affected = [key for key, entry in workflows.items()
+                if replan_reasons(entry.body, snapshot, holdings, state.memories.get(key, Memory()),
+                                  children.get(key))]
+    publish_budgets(state, snapshot, holdings, logger)
+    affected.sort(key=lambda k: rank(k, holdings.get(k) or Holding(
+        priority=workflows[k].priority, created=workflows[k].created)))
+    if affected:
+        logger.info(f"inventory changed: re-planning {len(affected)} workflow(s)")
+    for key in affected:
+        state.enqueue(key)
 
 
 async def requeue_worker(state: OperatorState, logger: logging.Logger) -> None:

@@ -200,7 +200,8 @@ def desired_state(body: Mapping[str, Any], snapshot: Snapshot, holdings: Mapping
             fresh = plan_workflow(spec, snapshot.inventory(*reserved_by_others(key, holdings)), solver=settings.solver)
             solve_seconds = fresh.solve_seconds
             if not fresh.feasible and settings.preemption == "LowerPriority":
-                fresh, preempts, extra = _preempting(key, workflow, holdings, snapshot, settings)
+                taken, preempts, extra = _preempting(key, workflow, holdings, snapshot, settings)
+                fresh = taken or fresh
                 solve_seconds += extra
         outcome = "planned" if fresh.feasible else "infeasible"
         if not same_plan(plan, fresh):
@@ -260,18 +261,18 @@ def _restorable(key: str, memory: Memory, generation: int | None, holdings: Mapp
 
 
 def _preempting(key: str, workflow: AgentWorkflow, holdings: Mapping[str, Holding], snapshot: Snapshot,
-                settings: OperatorSettings) -> tuple[Plan, dict[str, str], float]:
+                settings: OperatorSettings) -> tuple[Plan | None, dict[str, str], float]:
     """A plan that takes what workflows of lower priority hold, the fewest of them, the lowest ranked first.
 
-    Returns the plan (infeasible when even that does not help), the workflows that give way with the
-    Event message for each, and the planner's time.
+    Returns the plan (None when even that does not help), the workflows that give way with the Event
+    message for each, and the planner's time.
     """
     spec = workflow.spec
     kept = {k: h for k, h in holdings.items() if k != key and (h.priority >= spec.priority or h.empty)}
     weaker = sorted(((k, h) for k, h in holdings.items() if k != key and k not in kept),
                     key=lambda item: rank(*item), reverse=True)
     victims: list[str] = []
-    plan, seconds = Plan(feasible=False, objective=spec.placement.objective.value), 0.0
+    seconds = 0.0
     while weaker:
         victims.append(weaker.pop(0)[0])
         others = {**kept, **dict(weaker)}
@@ -281,7 +282,7 @@ def _preempting(key: str, workflow: AgentWorkflow, holdings: Mapping[str, Holdin
             me = f"{workflow.metadata.namespace}/{workflow.metadata.name}"
             return plan, {v: f"preempted by {me} (priority {spec.priority}), which needed its devices or power"
                           for v in victims}, seconds
-    return plan, {}, seconds
+    return None, {}, seconds
 
 
 def replan_reasons(body: Mapping[str, Any], snapshot: Snapshot, holdings: Mapping[str, Holding],

@@ -198,3 +198,74 @@ def test_bench_operator_names_what_it_needs_without_the_harness(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "tests/support" in lines[0] and "kmock" in lines[0], result.stderr
+
+
+def test_worker_pods_fit_the_nodes_allocatable_cpu_and_memory():
+    """podResources are per device: a class asking 200 GiB a device gets 7-device pods on 1536 GiB Nodes."""
+    from tessera.api import PowerBudget, ModelProfile
+    from tessera.planner import Inventory
+    from tessera.planner.inventory import parse_quantity
+    from tessera_devtools import EmulatedCluster
+
+    docs = load([str(EXAMPLES / "inventory")])
+    hungry = CLASSES["h100-sxm"].model_copy(deep=True)
+    hungry.spec.pod_resources.memory_gi_b = 200
+    classes = {**CLASSES, "h100-sxm": hungry}
+    nodes = EmulatedCluster.example_nodes()
+    inventory = Inventory.build(classes.values(), nodes, docs.of_kind(PowerBudget), docs.of_kind(ModelProfile))
+    assert inventory.total_devices["h100-sxm"] == 7 and inventory.devices_per_pod["h100-sxm"] == 7
+    wf = parsed(workflow("qa"))
+    child = build_rayservice(wf, plan(answer=stage("h100-sxm", replicas=7)), classes, OperatorSettings(),
+                             inventory.devices_per_pod)
+    (group,) = [g for g in child["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "h100-sxm"]
+    node = next(n for n in nodes if n["metadata"]["labels"]["tessera.dev/hardware-class"] == "h100-sxm")
+    requests = [c["resources"]["requests"] for c in group["template"]["spec"]["containers"]]
+    for resource in ("memory", "cpu"):
+        pod = sum(parse_quantity(r[resource]) for r in requests)
+        assert pod <= parse_quantity(node["status"]["allocatable"][resource]), resource
+    assert group["replicas"] == 1
+
+
+def test_the_plan_rides_on_the_child_and_reads_back():
+    wf = parsed(workflow("qa"))
+    wf.metadata.generation = 3
+    p = plan(answer=stage("l40s", replicas=2))
+    child = build_rayservice(wf, p, CLASSES, OperatorSettings())
+    recovered, generation = plan_from_child(child)
+    assert generation == 3 and recovered.devices_by_class() == {"l40s": 2}
+    assert plan_from_child({"metadata": {"annotations": {"tessera.dev/plan": "{not json"}}}) is None
+
+
+def test_retries_back_off_exponentially_to_a_ceiling():
+    from tessera.operator.handlers import backoff_seconds
+
+    assert [backoff_seconds(n, 60) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+
+
+def test_the_metrics_port_differs_from_kopfs_liveness_port():
+    """The image runs `kopf run ... --liveness=http://0.0.0.0:8080/healthz`: /metrics must not take 8080."""
+    assert OperatorSettings().metrics_port not in (0, 8080)
+
+
+def test_watts_read_as_people_write_them():
+    from tessera.api.common import format_watts
+
+    assert [format_watts(w) for w in (0, 1, 300, 999.4, 1500, 52_000, 400_000, 2_500_000)] == [
+        "0 W", "1 W", "300 W", "999 W", "1.5 kW", "52 kW", "400 kW", "2.5 MW"]
+
+
+@pytest.mark.asyncio
+async def test_the_planner_turn_goes_to_the_best_ranked_waiter():
+    import asyncio
+
+    from tessera.operator.handlers import PlanTurns
+
+    turns, order = PlanTurns(), []
+
+    async def plan(rank):
+        async with turns.turn(rank):
+            order.append(rank)
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(plan(r) for r in (3, 1, 2, 0)))
+    assert order == [0, 1, 2, 3]

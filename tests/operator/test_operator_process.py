@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,3 +71,22 @@ def test_operator_process_serves_metrics_and_the_admission_webhook(cluster, tmp_
         process.terminate()
         process.wait(30)
         log.close()
+    lines = (tmp_path / "operator.log").read_text().splitlines()
+    # a timestamp, the level and the object: "[2026-01-01 10:00:00,123] kopf.objects [INFO    ] [default/qa] ..."
+    assert any(re.match(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\] \S+ +\[INFO +\] \[default/qa\] ", line)
+               for line in lines), "\n".join(lines[:40])
+    assert not [line for line in lines if "succeeded." in line and "Handler '" in line]  # DEBUG, not INFO
+
+
+def test_without_peering_the_operator_says_what_it_waits_for(cluster, tmp_path):
+    log_path = tmp_path / "operator.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-P", "-m", "tessera.cli.main", "operator", "--kubeconfig",
+                                    str(cluster.kubeconfig), "--all-namespaces", "--metrics-port", "0"],
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "waiting for the peering object ClusterKopfPeering tessera" in log_path.read_text(), 60,
+                     what="the peering warning")
+        finally:
+            process.terminate()
+            process.wait(30)

@@ -9,7 +9,7 @@ kmock's own pytest fixture serves the emulator in the test's event loop, which a
 while it waits for the operator; so the emulator here runs in a thread of its own.
 
 The emulator stores objects as plain JSON and merges patches; ``ClusterEmulator`` adds the few API-server
-behaviours the operator relies on: uid, creationTimestamp, resourceVersion, ``metadata.generation`` bumped
+behaviours the operator relies on: generateName, uid, creationTimestamp, resourceVersion, ``metadata.generation`` bumped
 on spec changes, the status subresource, list kinds, and garbage collection of objects whose owner is
 deleted (what kube-controller-manager does through ownerReferences).
 """
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp.test_utils
+import aiohttp.web
 import aiohttp.web_runner
 import aiohttp.web_server
 import attrs
@@ -48,6 +49,7 @@ BUILTIN_RESOURCES: tuple[tuple[str, str, bool, str, tuple[str, ...], bool], ...]
     ("v1/namespaces", "Namespace", False, "namespace", ("ns",), True),
     ("v1/nodes", "Node", False, "node", ("no",), True),
     ("v1/events", "Event", True, "event", ("ev",), False),
+    ("v1/pods", "Pod", True, "pod", ("po",), True),
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False,
      "customresourcedefinition", ("crd", "crds"), True),
     ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False, "clusterkopfpeering", (), True),
@@ -71,6 +73,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     # (method, path fragment) -> event: matching requests wait until it is set (tests stall the API this way)
     holds: dict[tuple[str, str], asyncio.Event] = attrs.field(factory=dict, init=False)
+    # held requests released with drop=True: they never reach the store (the client died before sending them)
+    dropped: set[tuple[str, str]] = attrs.field(factory=set, init=False)
     # (method, path) of every request. kmock keeps the requests themselves too, and matches each new one
     # against all of them (quadratic: 0.2 s per request after a few hundred), so it keeps only the current one.
     seen: list[tuple[str, str]] = attrs.field(factory=list, init=False)
@@ -96,6 +100,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         for (method, fragment), released in list(self.holds.items()):
             if request.method == method and fragment in str(request.url.path):
                 await released.wait()
+                if (method, fragment) in self.dropped:
+                    raise aiohttp.web.HTTPServiceUnavailable(text="dropped by the test")
         if request.resource is None or request.action is None:
             return await super()._handle(request)
         if request.action in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
@@ -107,6 +113,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         action = request.action
         if action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):  # kopf names its Events this way
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                object.__setattr__(request, "name", meta["name"])
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now())
             meta["generation"] = 1
@@ -397,15 +406,18 @@ class EmulatedCluster(ClusterClient):
         }))
         return path
 
-    def hold(self, method: str, path_fragment: str) -> Callable[[], None]:
-        """Stall requests (``method`` and a path containing ``path_fragment``) until the returned function is called."""
+    def hold(self, method: str, path_fragment: str) -> Callable[..., None]:
+        """Stall requests (``method`` and a path containing ``path_fragment``) until the returned function is called;
+        ``release(drop=True)`` fails them instead, as if their sender had died before they arrived."""
         assert self._loop is not None and self.emulator is not None
         emulator, loop = self.emulator, self._loop
         released = asyncio.Event()
         key = (method.upper(), path_fragment)
         loop.call_soon_threadsafe(emulator.holds.__setitem__, key, released)
 
-        def release() -> None:
+        def release(drop: bool = False) -> None:
+            if drop:
+                loop.call_soon_threadsafe(emulator.dropped.add, key)
             loop.call_soon_threadsafe(released.set)
             loop.call_soon_threadsafe(emulator.holds.pop, key, None)
 
