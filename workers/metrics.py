@@ -51,7 +51,7 @@ class SafeMetric:
     def __init__(self, metric, name: str):
         self._metric, self._name = metric, name
 
-    def _guarded(self, method: str, *args, **kwargs):
+    def _guarded(self, method: str, /, *args, **kwargs):  # "/": a label may be named "method"
         try:
             return getattr(self._metric, method)(*args, **kwargs)
         except OSError as err:

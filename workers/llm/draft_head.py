@@ -22,10 +22,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tessera.workers.llm.engine import LLMEngine
+from tessera.workers.llm.steps import Target
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
 CACHE_DIR = Path(os.environ.get("TESSERA_CACHE_DIR", Path.home() / ".cache" / "tessera")) / "draft_heads"
@@ -35,12 +33,16 @@ CACHE_DIR = Path(os.environ.get("TESSERA_CACHE_DIR", Path.home() / ".cache" / "t
 class DraftHeadTraining:
     """Everything that decides the trained head; its hash names the cached file."""
 
-    max_new_tokens: int = 96  # length of each self-generated answer
-    batch_size: int = 28  # prompts generated together
-    inner_size: int = 1024  # width of the head's MLP
+    max_new_tokens: int = 192  # length of each self-generated answer
+    answers_per_prompt: int = 3  # the greedy answer, then answers sampled at sample_temperature
+    sample_temperature: float = 0.7
+    batch_size: int = 600  # answers generated together
+    inner_size: int = 1536  # width of the head's MLPs
+    blocks: int = 2  # residual MLP blocks
     vocab_size: int = 8192  # most frequent generated tokens the head can draft (plus the prompt's)
-    unroll: int = 3  # training steps fed on the head's own predictions
-    epochs: int = 6
+    unroll: int = 4  # training steps fed on the head's own predictions
+    epochs: int = 10
+    train_batch: int = 2048
     learning_rate: float = 2e-3
     seed: int = 0
 
@@ -55,23 +57,32 @@ def _prompts_fingerprint() -> str:
     return hashlib.sha256(repr(training_prompts()).encode()).hexdigest()[:12]
 
 
-def _head_module(hidden: int, inner: int):
+def _head_module(hidden: int, inner: int, blocks: int):
     import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.RMSNorm(hidden, eps=1e-5)
+            self.up = nn.Linear(hidden, inner)
+            self.down = nn.Linear(inner, hidden)
+
+        def forward(self, h):
+            return h + self.down(nn.functional.silu(self.up(self.norm(h))))
 
     class DraftHead(nn.Module):
         def __init__(self):
             super().__init__()
             self.fuse = nn.Linear(2 * hidden, hidden)
-            self.norm = nn.RMSNorm(hidden, eps=1e-5)
-            self.up = nn.Linear(hidden, inner)
-            self.down = nn.Linear(inner, hidden)
+            self.blocks = nn.ModuleList(Block() for _ in range(blocks))
             self.out_norm = nn.RMSNorm(hidden, eps=1e-5)
 
         def forward(self, feature, token_embedding):
             import torch
 
             h = self.fuse(torch.cat([feature, token_embedding], dim=-1))
-            h = h + self.down(nn.functional.silu(self.up(self.norm(h))))
+            for block in self.blocks:
+                h = block(h)
             return self.out_norm(h)  # the predicted next hidden state, in the space the LM head reads
 
     return DraftHead()
@@ -79,7 +90,7 @@ def _head_module(hidden: int, inner: int):
 
 # ---------------------------------------------------------------------------- drafting
 class DraftHeadDrafter:
-    def __init__(self, engine: "LLMEngine", head, vocab):
+    def __init__(self, engine: Target, head, vocab):
         self.engine = engine
         self.head = head.eval()
         self.vocab = vocab  # LongTensor of token ids the head drafts from
@@ -127,18 +138,17 @@ class DraftHeadSession:
 _load_lock = threading.Lock()
 
 
-def load_draft_head(engine: "LLMEngine", path: str | None = None) -> DraftHeadDrafter:
+def load_draft_head(engine: Target, path: str | None = None) -> DraftHeadDrafter:
     """The head at ``path``, or the one shipped/cached for this model, trained now if missing."""
     import torch
 
     with _load_lock:
         if path is None:
-            training = DraftHeadTraining()
-            name = f"{_model_key(engine)}-{training.digest(_model_key(engine))}.pt"
+            name = head_file_name(engine, DraftHeadTraining())
             shipped, cached = SHIPPED_DIR / name, CACHE_DIR / name
             path_found = shipped if shipped.exists() else cached
             if not path_found.exists():
-                train_draft_head(engine, training, cached)
+                train_draft_head(engine, DraftHeadTraining(), cached)
         else:
             path_found = Path(path)
             if not path_found.exists():
@@ -148,137 +158,140 @@ def load_draft_head(engine: "LLMEngine", path: str | None = None) -> DraftHeadDr
         if saved["hidden_size"] != hidden:
             raise ValueError(f"draft_head_path: the head was trained for hidden size {saved['hidden_size']}, "
                              f"this model has {hidden}")
-        head = _head_module(hidden, saved["inner_size"])
+        head = _head_module(hidden, saved["inner_size"], saved["blocks"])
         head.load_state_dict({k: v.float() for k, v in saved["state"].items()})
         return DraftHeadDrafter(engine, head.to(engine.device), saved["vocab"].long())
 
 
-def _model_key(engine: "LLMEngine") -> str:
+def head_file_name(engine: Target, training: DraftHeadTraining) -> str:
+    """The model's description plus the digest of what decides the head."""
     config = engine.model.config
-    return f"{engine.name}-h{config.hidden_size}-l{config.num_hidden_layers}-v{config.vocab_size}"
+    key = f"{engine.name}-h{config.hidden_size}-l{config.num_hidden_layers}-v{config.vocab_size}"
+    return f"{key}-{training.digest(key)}.pt"
 
 
 # ---------------------------------------------------------------------------- training
-def self_generate(engine: "LLMEngine", training: DraftHeadTraining):
-    """Greedy answers of the target to the training prompts, with its hidden state at every step.
+def self_generate(engine: Target, training: DraftHeadTraining):
+    """The target's answers to the training prompts, with its hidden state and greedy choice at every step.
 
-    Returns (features [rows, T, hidden], tokens [rows, T], lengths [rows]): ``tokens[r, i]`` is the
-    target's greedy choice at the position whose last hidden state is ``features[r, i]``.
+    Each prompt gets ``answers_per_prompt`` answers: the greedy one, then sampled ones (more varied
+    contexts; the labels stay the target's greedy choices). Returns (features [rows, T, hidden]
+    fp16, chosen [rows, T], greedy [rows, T], lengths [rows]) on the engine's device:
+    ``features[r, i]`` is the last hidden state at the position where ``greedy[r, i]`` is the
+    target's argmax and ``chosen[r, i]`` the token that was appended there.
     """
     import torch
     from tqdm import tqdm
 
     from tessera.workers.llm.prompts import training_prompts
 
-    model, tokenizer = engine.model, engine.tokenizer
+    model, tokenizer, device = engine.model, engine.tokenizer, engine.device
     prompts = [engine.encode(engine.chat_prompt(m)) for m in training_prompts()]
-    steps = training.max_new_tokens
-    features = torch.zeros(len(prompts), steps, model.config.hidden_size)
-    tokens = torch.zeros(len(prompts), steps, dtype=torch.long)
-    lengths = torch.zeros(len(prompts), dtype=torch.long)
+    rows_ids = [p for p in prompts for _ in range(training.answers_per_prompt)]
+    sampled = torch.tensor([k > 0 for _ in prompts for k in range(training.answers_per_prompt)], device=device)
+    steps, n = training.max_new_tokens, len(rows_ids)
+    features = torch.zeros(n, steps, model.config.hidden_size, dtype=torch.float16, device=device)
+    chosen = torch.zeros(n, steps, dtype=torch.long, device=device)
+    greedy = torch.zeros(n, steps, dtype=torch.long, device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    eos = torch.tensor(sorted(engine.eos_token_ids), device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = range(0, len(prompts), training.batch_size)
-    with torch.inference_mode(), tqdm(total=len(prompts) * steps, desc="draft head: self-generating",
-                                      unit="tok", file=sys.stderr) as bar:
-        for start in batches:
-            rows = prompts[start : start + training.batch_size]
+    generator = torch.Generator(device=device).manual_seed(training.seed)
+    with torch.inference_mode(), tqdm(total=n * steps, desc="draft head: self-generating", unit="tok",
+                                      file=sys.stderr) as bar:
+        for start in range(0, n, training.batch_size):
+            rows = rows_ids[start : start + training.batch_size]
+            sel = slice(start, start + len(rows))
             width = max(map(len, rows))
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             cache = engine.new_cache()
-            alive = torch.ones(len(rows), dtype=torch.bool)
+            alive = torch.ones(len(rows), dtype=torch.bool, device=device)
             for step in range(steps):
                 hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                      past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
-                chosen = model.lm_head(hidden).argmax(-1)
-                sel = slice(start, start + len(rows))
-                features[sel, step], tokens[sel, step] = hidden, chosen
+                logits = model.lm_head(hidden).float()
+                best = logits.argmax(-1)
+                draw = torch.multinomial(torch.softmax(logits / training.sample_temperature, -1), 1,
+                                         generator=generator)[:, 0]
+                pick = torch.where(sampled[sel], draw, best)
+                features[sel, step], chosen[sel, step], greedy[sel, step] = hidden.half(), pick, best
                 lengths[sel] += alive.long()
-                alive &= ~torch.isin(chosen, torch.tensor(sorted(engine.eos_token_ids)))
-                ids = chosen[:, None]
-                mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+                alive &= ~torch.isin(pick, eos)
+                ids = pick[:, None]
+                mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype, device=device)], dim=1)
                 positions = positions[:, -1:] + 1
                 bar.update(len(rows))
                 if not alive.any():
                     bar.update(len(rows) * (steps - step - 1))
                     break
-    return features, tokens, lengths
+    return features, chosen, greedy, lengths
 
 
-def train_draft_head(engine: "LLMEngine", training: DraftHeadTraining, out: Path) -> Path:
-    """Self-distil a draft head for ``engine``'s model and save it to ``out``."""
+def train_draft_head(engine: Target, training: DraftHeadTraining, out: Path, answers=None) -> Path:
+    """Self-distil a draft head for ``engine``'s model (on its device) and save it to ``out``.
+
+    ``answers``: what ``self_generate`` returned for the same generation settings, to train
+    several heads on one generation.
+    """
     import torch
     from tqdm import tqdm
 
     torch.manual_seed(training.seed)
+    device = engine.device
     started = time.perf_counter()
-    features, tokens, lengths = self_generate(engine, training)
+    features, chosen, greedy, lengths = answers if answers is not None else self_generate(engine, training)
     generated_seconds = time.perf_counter() - started
 
-    counts = torch.bincount(tokens[torch.arange(tokens.shape[1]) < lengths[:, None]],
-                            minlength=engine.model.config.vocab_size)
+    vocab_total = engine.model.config.vocab_size
+    counts = torch.bincount(greedy[torch.arange(greedy.shape[1], device=device) < lengths[:, None]],
+                            minlength=vocab_total)
     vocab = torch.argsort(counts, descending=True, stable=True)[: training.vocab_size]
     vocab = vocab[counts[vocab] > 0].sort().values
-    to_index = torch.full((engine.model.config.vocab_size,), -100, dtype=torch.long)
-    to_index[vocab] = torch.arange(len(vocab))
+    to_index = torch.full((vocab_total,), -100, dtype=torch.long, device=device)
+    to_index[vocab] = torch.arange(len(vocab), device=device)
 
     hidden = engine.model.config.hidden_size
-    head = _head_module(hidden, training.inner_size)
-    embedding = engine.model.get_input_embeddings().weight.detach()
-    out_weight = engine.model.lm_head.weight.detach()[vocab]
+    head = _head_module(hidden, training.inner_size, training.blocks).to(device)
+    embedding = engine.model.get_input_embeddings().weight.detach().float()
+    out_weight = engine.model.lm_head.weight.detach().float()[vocab]
     unroll = training.unroll
-    # Training samples: (row, i) with the chosen tokens i .. i+unroll inside the answer.
-    rows, starts = torch.nonzero(torch.arange(tokens.shape[1])[None, :] + unroll < lengths[:, None], as_tuple=True)
+    # Training samples: (row, i) with the steps i .. i+unroll inside the answer.
+    rows, starts = torch.nonzero(torch.arange(greedy.shape[1], device=device)[None, :] + unroll < lengths[:, None],
+                                 as_tuple=True)
     optimizer = torch.optim.AdamW(head.parameters(), lr=training.learning_rate, weight_decay=0.0)
-    batch = 256
+    batch = training.train_batch
     total_steps = training.epochs * ((len(rows) + batch - 1) // batch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, training.learning_rate, total_steps=total_steps)
-    generator = torch.Generator().manual_seed(training.seed)
-    with tqdm(total=total_steps, desc="draft head: training", file=sys.stderr) as bar:
+    generator = torch.Generator(device=device).manual_seed(training.seed)
+    with tqdm(total=total_steps, desc=f"draft head: training on {len(rows)} positions", file=sys.stderr) as bar:
         for _epoch in range(training.epochs):
-            order = torch.randperm(len(rows), generator=generator)
+            order = torch.randperm(len(rows), generator=generator, device=device)
             for chunk in order.split(batch):
                 r, i = rows[chunk], starts[chunk]
-                feature = features[r, i]
-                loss = 0.0
+                feature = features[r, i].float()
+                loss, hits = 0.0, 0.0
                 for j in range(1, unroll + 1):
-                    feature = head(feature, embedding[tokens[r, i + j - 1]])
+                    feature = head(feature, embedding[chosen[r, i + j - 1]])
                     logits = feature @ out_weight.T
-                    loss = loss + torch.nn.functional.cross_entropy(logits, to_index[tokens[r, i + j]], ignore_index=-100)
-                    loss = loss + torch.nn.functional.smooth_l1_loss(feature, features[r, i + j])
+                    labels = to_index[greedy[r, i + j]]
+                    loss = loss + torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+                    loss = loss + torch.nn.functional.smooth_l1_loss(feature, features[r, i + j].float())
+                    if j == 1:
+                        hits = (logits.argmax(-1) == labels).float().mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss) / unroll:.3f}")
+                bar.set_postfix(loss=f"{float(loss) / unroll:.3f}", top1=f"{float(hits):.3f}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().half() for k, v in head.state_dict().items()}
-    torch.save({"state": state, "vocab": vocab.int(), "hidden_size": hidden, "inner_size": training.inner_size,
-                "training": asdict(training), "samples": len(rows),
+    state = {k: v.detach().half().cpu() for k, v in head.state_dict().items()}
+    torch.save({"state": state, "vocab": vocab.int().cpu(), "hidden_size": hidden, "inner_size": training.inner_size,
+                "blocks": training.blocks, "training": asdict(training), "samples": len(rows),
+                "first_token_accuracy": float(hits),
                 "generate_seconds": generated_seconds, "total_seconds": time.perf_counter() - started},
                out.with_suffix(".tmp"))
     out.with_suffix(".tmp").replace(out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train the default head for SmolLM2 and write it next to this module (the shipped file)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train the SmolLM2 draft head and write the file Tessera ships.")
-    parser.add_argument("--out-dir", type=Path, default=SHIPPED_DIR, help="where to write the head file")
-    args = parser.parse_args(argv)
-    from tessera.workers.llm.engine import LLMEngine
-
-    engine = LLMEngine.load_default()
-    training = DraftHeadTraining()
-    key = _model_key(engine)
-    path = train_draft_head(engine, training, args.out_dir / f"{key}-{training.digest(key)}.pt")
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

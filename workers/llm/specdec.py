@@ -12,13 +12,16 @@ probability falls below ``confidence_threshold``.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from tessera.workers.llm.engine import LLMEngine
+from tessera.workers.llm.draft_head import load_draft_head
+from tessera.workers.llm.drafters import FirstProposal, ModelDrafter, NgramDrafter, first_layers, int8_copy
+from tessera.workers.llm.loading import load_model
+from tessera.workers.llm.steps import LLMRequestError, Target, TokenStep, crop_cache
 
 DraftMethod = Literal["ngram", "layer_skip", "quantized", "draft_head", "draft_head_ngram", "draft_model"]
 
@@ -148,20 +151,26 @@ def _prior_cost(n_tokens: int) -> float:
     return c1 + (c1 - c0) * (n_tokens - n1) / (n1 - n0)
 
 
-def speculative_steps(
-    engine: "LLMEngine",
+class SpeculativeDecoding:
+    """The decoding strategy that drafts with ``config``'s drafter and verifies with the target."""
+
+    def __init__(self, config: SpecDecConfig):
+        self.config = config
+
+    def steps(self, target: Target, prompt_ids: list[int], budget: int, logits_processor: Callable | None,
+              stats: dict[str, Any]) -> Iterator[TokenStep]:
+        """Yield the target's greedy tokens, several per target forward when the draft guesses right."""
+        return _speculative_steps(target, prompt_ids, budget, self.config, logits_processor, stats)
+
+
+def _speculative_steps(
+    engine: Target,
     prompt_ids: list[int],
     budget: int,
     config: SpecDecConfig,
     logits_processor: Callable | None,
     stats: dict[str, Any],
-) -> Iterator[Any]:
-    """Yield the target's greedy tokens, several per target forward when the draft guesses right."""
-    from tessera.workers.llm.drafters import drafter_for
-    from tessera.workers.llm.engine import TokenStep, crop_cache
-
-    from tessera.workers.llm.engine import LLMRequestError
-
+) -> Iterator[TokenStep]:
     try:
         drafter = drafter_for(engine, config)
     except (ValueError, FileNotFoundError) as error:
@@ -216,3 +225,43 @@ def speculative_steps(
         session.close()
         drafted = stats["drafted_tokens"]
         stats["acceptance_rate"] = stats["accepted_tokens"] / drafted if drafted else 0.0
+
+
+_build_lock = threading.Lock()
+
+
+def drafter_for(engine: Target, config: SpecDecConfig):
+    """The drafter a config names, built once per engine and reused by later requests."""
+    key = config.key()
+    with _build_lock:
+        if key not in engine._drafters:
+            engine._drafters[key] = _build(engine, config)
+        return engine._drafters[key]
+
+
+def _build(engine: Target, config: SpecDecConfig):
+    method = config.method
+    if method == "ngram":
+        return NgramDrafter(config.ngram_max, config.ngram_min)
+    if method == "layer_skip":
+        return ModelDrafter(first_layers(engine.model, config.layer_skip_layers), engine.device)
+    if method == "quantized":
+        if engine.device != "cpu":
+            raise ValueError("quantized: the int8 dynamic-quantized draft runs on CPU only")
+        return ModelDrafter(int8_copy(engine.model), engine.device)
+    if method in ("draft_head", "draft_head_ngram"):
+        head = load_draft_head(engine, config.draft_head_path)
+        if method == "draft_head":
+            return head
+        return FirstProposal([NgramDrafter(config.ngram_max, config.ngram_min), head])
+    if method == "draft_model":
+        if not config.draft_model_path:
+            raise ValueError("draft_model_path: required when method is draft_model")
+        draft, _tokenizer = load_model(config.draft_model_path, device=engine.device, threads=None)
+        if draft.config.vocab_size != engine.model.config.vocab_size:
+            raise ValueError(
+                f"draft_model_path: the draft's vocabulary ({draft.config.vocab_size}) differs from "
+                f"the target's ({engine.model.config.vocab_size}); a draft must share the tokenizer"
+            )
+        return ModelDrafter(draft, engine.device)
+    raise ValueError(f"method: unknown draft method {method!r}")
