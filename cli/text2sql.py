@@ -156,7 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Execution accuracy of single-shot generation (whole schema in the prompt, greedy, no examples: the "
         "baseline) against the full pipeline, per-stage latency, and refused or failed SQL statements. "
         "By default on the dev set (45 questions over three generated databases).")
-    parser.add_argument("--questions", help="JSON list of {\"db\": file in --db-dir, \"question\", \"sql\": gold}")
+    parser.add_argument("--questions", help="dev (default), validation (other databases, other wording), or a JSON "
+                        "list of {\"db\": file in --db-dir, \"question\", \"sql\": gold}")
     parser.add_argument("--db-dir", help="folder of the databases (default: the generated dev databases)")
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--candidates", type=int, default=4, help="pipeline SQL candidates per question (default 4)")
@@ -171,7 +172,8 @@ def _load_questions(args: argparse.Namespace) -> tuple[list[dict], Path]:
     db_dir = Path(args.db_dir) if args.db_dir else ensure_built()
     if not db_dir.is_dir():
         raise UserError(f"--db-dir: {db_dir} is not a folder")
-    path = Path(args.questions) if args.questions else DATA_DIR / "dev.json"
+    named = {"dev": DATA_DIR / "dev.json", "validation": DATA_DIR / "validation.json"}
+    path = named.get(args.questions or "dev") or Path(args.questions)
     try:
         items = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -261,9 +263,10 @@ def run(args: argparse.Namespace, engine=None) -> dict:
         "model": engine.name,
         "questions": n,
         "baseline": "single-shot: greedy, whole schema as CREATE TABLE, no examples, no grammar",
-        "method": f"pipeline: lexical schema linking, {args.candidates} grammar-constrained candidates (1 greedy, "
-                  f"rest sampled) with 3 few-shot examples, sandboxed execution, up to {args.max_revisions} "
-                  "revisions, vote by execution result",
+        "method": f"pipeline: lexical schema linking, {args.candidates} candidates constrained by an EBNF grammar "
+                  "over the linked schema (xgrammar), alternately narrowed to the clauses the question cues and open, "
+                  f"2 greedy and the rest sampled, with 3 few-shot examples, sandboxed execution, up to "
+                  f"{args.max_revisions} revisions, vote by execution result",
         "singleShotAccuracy": round(single_ok / n, 4),
         "pipelineAccuracy": round(pipe_ok / n, 4),
         "singleShotLatencyMs": _summary(single_ms),

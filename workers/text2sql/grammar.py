@@ -1,34 +1,26 @@
 """Constrained decoding: the model may only write SQL of a small read-only subset over the linked schema.
 
-The subset (single SELECT; aggregates; a foreign-key JOIN; WHERE with AND/OR of
-comparisons; GROUP BY with HAVING; ORDER BY with LIMIT) is written as one regular
-expression whose identifiers are the linked tables and columns, whose literals come
-from the question, and whose clauses the question's wording allows ("how many" ->
-COUNT, "each" -> GROUP BY, "more than" -> >). The ``regex`` module's partial matching tells whether a text can still grow
-into a match, so at each step the logits processor keeps only the tokens whose text
-keeps the query a valid prefix, and allows the end token once the query is complete.
-Nothing here knows any particular database or question: the pattern is built from
-whatever schema it is given.
+The subset (single SELECT; aggregates; a foreign-key JOIN; WHERE with AND/OR of comparisons;
+GROUP BY with HAVING; ORDER BY with LIMIT) is written as an EBNF grammar (xgrammar's syntax,
+also vLLM's structured outputs) whose identifiers are the linked tables and columns and whose
+literals come from the question. A ``QueryShape`` may narrow the clauses to those the question's
+wording asks for ("how many" -> COUNT); ``QueryShape.open()`` allows every clause, so only the
+schema and the question's literals bound the query. xgrammar compiles the grammar against the
+tokenizer and gives a token bitmask per step (``GrammarLogitsProcessor``); a model deployment
+with structured outputs takes the same text as ``grammar=``. Nothing here knows any particular
+database or question: the grammar is built from whatever schema it is given.
 """
 
 from __future__ import annotations
 
-import math
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
 import regex
 
-W, S = r"\s+", r"\s*"
-NAME = r"[A-Za-z_][A-Za-z_0-9]*"
-
-
-def _alternation(names: list[str]) -> str:
-    # Longest first, so that a name that is a prefix of another never shadows it; case-sensitive
-    # (keywords are not): identifiers and literals must be spelled as the database spells them.
-    return "(?-i:" + "|".join(regex.escape(n) for n in sorted(set(names), key=lambda n: (-len(n), n))) + ")"
-
-
+ALL_AGGREGATES = ("COUNT", "AVG", "SUM", "MIN", "MAX")
+ALL_OPS = ("=", "!=", "<", ">", "<=", ">=")
 # English cues of a question -> what its query may use. Generic: they read the question's wording, never a
 # database's names. A query without the cue for a clause cannot use that clause.
 _CUES = {
@@ -41,15 +33,7 @@ _CUES = {
     "GROUP": ("each", "per", "every", "grouped", "breakdown", "most", "fewest"),
     "ORDER": ("order", "ordered", "sort", "sorted", "alphabetical", "alphabetically", "rank", "ranked"),
 }
-_OPS = {
-    ">": ("more than", "greater than", "over", "above", "after", "exceed", "exceeds", "higher than", "larger than",
-          "bigger than", "later than", "longer than"),
-    "<": ("less than", "fewer than", "under", "below", "before", "lower than", "smaller than", "earlier than",
-          "shorter than", "cheaper than"),
-    ">=": ("at least", "or more", "no less than"),
-    "<=": ("at most", "or less", "or fewer", "no more than", "up to"),
-    "!=": ("not", "other than", "except"),
-}
+NEGATION = ("not", "other than", "except")  # the only cue for an operator: "!="; the others are always allowed
 
 
 def _has(text: str, phrases) -> int:
@@ -58,7 +42,8 @@ def _has(text: str, phrases) -> int:
 
 @dataclass(frozen=True)
 class QueryShape:
-    """Which clauses and operators a question's wording allows (see ``_CUES``)."""
+    """Which clauses and operators a query may use: all of them (``open()``), or those the question's
+    wording cues (``of(question)``, see ``_CUES``)."""
 
     aggregates: tuple[str, ...]
     group_by: bool
@@ -67,18 +52,20 @@ class QueryShape:
     sort_any: bool = True  # False: only a superlative asks for order, so the key is a quantity
 
     @classmethod
+    def open(cls) -> "QueryShape":
+        return cls(ALL_AGGREGATES, True, True, ALL_OPS)
+
+    @classmethod
     def of(cls, question: str) -> "QueryShape":
         text = " " + " ".join(regex.findall(r"[a-z0-9]+", question.lower())) + " "
         aggs = [a for a in ("COUNT", "AVG", "SUM") if _has(text, _CUES[a])]
         extreme = bool(_has(text, _CUES["MINMAX"]))
         aggs += ["MIN", "MAX"] if extreme else []
-        cued = {op: _has(text, phrases) for op, phrases in _OPS.items()}
-        ops = [op for op, n in cued.items() if n]
-        numbers = len(regex.findall(r"\b\d+(?:\.\d+)?\b", question))
-        if set(ops) <= {"!="} or numbers > sum(cued.values()):
-            ops.append("=")  # a number with no comparison word is compared for equality ("not" may be "= 0")
+        # Comparison words are too many to list ("since", "older than", "exceeding" ...): every
+        # comparison stays allowed, and the model reads the direction from the question.
+        ops = tuple(op for op in ALL_OPS if op != "!=" or _has(text, NEGATION))
         sort = bool(_has(text, _CUES["ORDER"]))
-        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])), extreme or sort, tuple(ops), sort)
+        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])), extreme or sort, ops, sort)
 
 
 @dataclass(frozen=True)
@@ -102,21 +89,32 @@ class GrammarSpec:
     numbers: tuple[str, ...] = ()
     number_columns: tuple[tuple[str, str], ...] = ()
     select_columns: tuple[tuple[str, str], ...] = ()
-    shape: QueryShape = QueryShape(("COUNT", "AVG", "SUM", "MIN", "MAX"), True, True, ("=", "!=", "<", ">", "<=", ">="))
+    shape: QueryShape = QueryShape.open()
 
     def kinds(self) -> dict[tuple[str, str], str]:
         return {(t, c): k for t, cols in self.tables for c, k in cols}
 
     def from_clauses(self) -> list[tuple[list[str], str]]:
-        """(tables, FROM-clause pattern): each table alone, and each foreign-key join in both orders."""
-        clauses = [([t], regex.escape(t)) for t, _ in self.tables]
+        """(tables, FROM-clause EBNF): each table alone, and each foreign-key join in both orders."""
+        clauses = [([t], _lit(t)) for t, _ in self.tables]
         for t, c, rt, rc in self.joins:
-            on = _alternation([f"{t}.{c}"]) + rf"{S}={S}" + _alternation([f"{rt}.{rc}"])
-            on_reversed = _alternation([f"{rt}.{rc}"]) + rf"{S}={S}" + _alternation([f"{t}.{c}"])
+            on = f"({_lit(f'{t}.{c}')} {_EQ} {_lit(f'{rt}.{rc}')} | {_lit(f'{rt}.{rc}')} {_EQ} {_lit(f'{t}.{c}')})"
             for a, b in ((t, rt), (rt, t)):
-                clauses.append(([a, b], rf"{regex.escape(a)}{W}(?:INNER{W})?JOIN{W}{regex.escape(b)}{W}ON{W}"
-                                        rf"(?:{on}|{on_reversed})"))
+                clauses.append(([a, b], f'{_lit(a)} " " ("INNER ")? "JOIN " {_lit(b)} " ON " {on}'))
         return clauses
+
+
+_EQ = '" "? "=" " "?'
+
+
+def _lit(text: str) -> str:
+    """An EBNF string literal."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _one_of(options) -> str:
+    """An EBNF alternation of literal strings, longest first (a name that prefixes another never shadows it)."""
+    return "(" + " | ".join(_lit(o) for o in sorted(set(options), key=lambda o: (-len(o), o))) + ")"
 
 
 def _quote(value: str) -> str:
@@ -131,121 +129,123 @@ def _names(pairs: list[tuple[str, str]], visible: list[tuple[str, str]]) -> list
     return [n for t, c in pairs for n in ([f"{t}.{c}"] + ([c] if bare_count[c] == 1 else []))]
 
 
-def _query(spec: GrammarSpec, tables: list[str], from_clause: str) -> str:
+def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str) -> list[str]:
+    """The rules of one query alternative (``q{i}``): the SELECT over ``tables`` joined by ``from_clause``."""
     kinds = spec.kinds()
     visible = [(t, c) for t in tables for (tt, c) in kinds if tt == t]
     shape = spec.shape
-    any_col = _alternation(_names(visible, visible))
     numeric = [p for p in visible if kinds[p] == "number"]
     selectable = [p for p in visible if p in spec.select_columns] or visible
-    sel_col = _alternation(_names(selectable, visible))
+    rules = [f"col{i} ::= {_one_of(_names(visible, visible))}", f"sel_col{i} ::= {_one_of(_names(selectable, visible))}"]
     aggs = []
     if "COUNT" in shape.aggregates:
-        aggs.append(rf"COUNT{S}\({S}(?:\*|DISTINCT{W}{any_col}){S}\)")
+        aggs.append(f'"COUNT(" ("*" | "DISTINCT " col{i}) ")"')
     funcs = [f for f in ("SUM", "AVG", "MIN", "MAX") if f in shape.aggregates]
     if funcs and numeric:
-        aggs.append(rf"(?:{'|'.join(funcs)}){S}\({S}{_alternation(_names(numeric, visible))}{S}\)")
-    agg = "(?:" + "|".join(aggs) + ")" if aggs else None
-    item = rf"(?:{agg}|{sel_col})" if agg else sel_col
-    sel = rf"{item}(?:{W}AS{W}{NAME})?"
+        aggs.append(f'{_one_of(funcs)} "(" {_one_of(_names(numeric, visible))} ")"')
+    if aggs:
+        rules.append(f"agg{i} ::= " + " | ".join(aggs))
+    item = f"(agg{i} | sel_col{i})" if aggs else f"sel_col{i}"
+    rules.append(f'sel{i} ::= {item} (" AS " alias)?')
 
-    eq = r"(?:=|!=)" if "!=" in shape.ops else "="
-    conds = []
-    for t, c, value in spec.values:
-        if t in tables:
-            conds.append(rf"{_alternation(_names([(t, c)], visible))}{S}{eq}{S}{_alternation([_quote(value)])}")
+    eq = '("=" | "!=")' if "!=" in shape.ops else '"="'
+    ops = _one_of(shape.ops)
+    conds = [f'{_one_of(_names([(t, c)], visible))} " "? {eq} " "? {_one_of([_quote(v)])}'
+             for t, c, v in spec.values if t in tables]
     text_cols = [p for p in visible if kinds[p] == "text"]
     if spec.strings and text_cols:
-        conds.append(rf"{_alternation(_names(text_cols, visible))}{S}{eq}{S}"
-                     rf"{_alternation([_quote(v) for v in spec.strings])}")
-    number = _alternation(list(spec.numbers)) if spec.numbers else None
-    compared = [p for p in numeric if p in spec.number_columns] or [
-        p for p in numeric if not p[1].lower().endswith("id")]
-    if number and compared:
-        op = "(?:" + "|".join(regex.escape(o) for o in sorted(shape.ops, key=len, reverse=True)) + ")"
-        conds.append(rf"{_alternation(_names(compared, visible))}{S}{op}{S}{number}")
-    cond = "(?:" + "|".join(conds) + ")" if conds else None
-    where = rf"(?:{W}WHERE{W}{cond}(?:{W}(?:AND|OR){W}{cond})*)?" if cond else ""
-    group = ""
+        conds.append(f'{_one_of(_names(text_cols, visible))} " "? {eq} " "? {_one_of([_quote(v) for v in spec.strings])}')
+    compared = [p for p in numeric if p in spec.number_columns] or [p for p in numeric if not p[1].lower().endswith("id")]
+    if spec.numbers and compared:
+        conds.append(f'{_one_of(_names(compared, visible))} " "? {ops} " "? number')
+    tail = []
+    if conds:
+        rules.append(f"cond{i} ::= " + " | ".join(conds))
+        tail.append(f'(" WHERE " cond{i} ((" AND " | " OR ") cond{i})*)?')
     if shape.group_by:
-        having = ""
-        if agg and number:
-            op = "(?:" + "|".join(regex.escape(o) for o in sorted(shape.ops, key=len, reverse=True)) + ")"
-            having = rf"(?:{W}HAVING{W}{agg}{S}{op}{S}{number})?"
-        group = rf"(?:{W}GROUP{W}BY{W}{sel_col}(?:{S},{S}{sel_col})?{having})?"
-    order = ""
+        having = f' (" HAVING " agg{i} " "? {ops} " "? number)?' if aggs and spec.numbers else ""
+        tail.append(f'(" GROUP BY " sel_col{i} ("," " "? sel_col{i})?{having})?')
     if shape.order_by:
         # "the most expensive", "the highest score": a superlative orders by a quantity, and takes
         # the top one or as many as the question says.
-        keys = [any_col] if shape.sort_any or not numeric else [_alternation(_names(numeric, visible))]
-        key = "(?:" + "|".join(keys + ([agg] if agg else [])) + ")"
-        limit = _alternation(sorted(set(spec.numbers) | {"1"}))
-        order = rf"(?:{W}ORDER{W}BY{W}{key}(?:{W}(?:ASC|DESC))?(?:{W}LIMIT{W}{limit})?)?"
-    return (rf"SELECT{W}(?:DISTINCT{W})?{sel}(?:{S},{S}{sel})*{W}FROM{W}{from_clause}"
-            rf"{where}{group}{order}")
+        keys = [f"col{i}"] if shape.sort_any or not numeric else [_one_of(_names(numeric, visible))]
+        key = " | ".join(keys + ([f"agg{i}"] if aggs else []))
+        limit = _one_of(sorted(set(spec.numbers) | {"1"}))
+        tail.append(f'(" ORDER BY " ({key}) (" ASC" | " DESC")? (" LIMIT " {limit})?)?')
+    rules.insert(0, f'q{i} ::= "SELECT " ("DISTINCT ")? sel{i} ("," " "? sel{i})* " FROM " {from_clause} '
+                    + " ".join(tail))
+    return rules
 
 
 @lru_cache(maxsize=256)
-def sql_pattern(spec: GrammarSpec) -> regex.Pattern:
-    """The compiled pattern of the SQL subset that ``spec`` allows: one alternative per FROM clause."""
-    queries = [_query(spec, tables, clause) for tables, clause in spec.from_clauses()]
-    return regex.compile(rf"(?:{'|'.join(queries)}){S};?", regex.IGNORECASE)
+def sql_grammar(spec: GrammarSpec) -> str:
+    """The EBNF grammar (xgrammar syntax, root rule ``root``) of the SQL subset that ``spec`` allows."""
+    clauses = spec.from_clauses()
+    rules = [f'root ::= ({" | ".join(f"q{i}" for i in range(len(clauses)))}) ";"?',
+             'alias ::= [A-Za-z_] [A-Za-z_0-9]*']
+    if spec.numbers:
+        rules.append(f"number ::= {_one_of(spec.numbers)}")
+    for i, (tables, clause) in enumerate(clauses):
+        rules += _query_rules(spec, i, tables, clause)
+    return "\n".join(rules)
 
 
-@lru_cache(maxsize=4)
-def _token_texts(tokenizer) -> tuple[str, ...]:
-    """The text each vocabulary entry adds when appended (computed once per tokenizer)."""
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    return tuple(tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in tokens)
+@lru_cache(maxsize=8)
+def _compiler(tokenizer, vocab_size: int):
+    import xgrammar
+
+    return xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size),
+                                    max_threads=1)
 
 
-class SQLGrammarProcessor:
-    """A transformers-style logits processor ``(input_ids, scores) -> scores`` that enforces ``pattern``.
+@lru_cache(maxsize=1)
+def _string_compiler():
+    import xgrammar
 
-    ``prefix`` is text already forced at the end of the prompt (e.g. ``"SELECT"``); the
-    generated text continues it. Only the ``top_k`` most likely tokens are tested first;
-    if none fits, the whole vocabulary is searched, so the constraint never dead-ends
-    while a valid continuation exists.
+    return xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([]), max_threads=1)
+
+
+def accepts(grammar: str, text: str) -> bool:
+    """Whether ``text`` is a complete sentence of the EBNF ``grammar``."""
+    import xgrammar
+
+    matcher = xgrammar.GrammarMatcher(_string_compiler().compile_grammar(grammar), terminate_without_stop_token=True)
+    return matcher.accept_string(text) and matcher.is_completed()
+
+
+class GrammarLogitsProcessor:
+    """A transformers-style logits processor ``(input_ids, scores) -> scores`` that holds decoding to
+    the EBNF ``grammar``: xgrammar's token bitmask sets every token the grammar forbids to -inf, and
+    allows the end token once the text is complete.
+
+    The first call fixes where the prompt ends; each call feeds the tokens chosen since the last one
+    to the matcher (and rolls it back when a speculative draft was rejected).
     """
 
-    def __init__(self, tokenizer, pattern: regex.Pattern, prefix: str = "", top_k: int = 48):
-        self.tokenizer = tokenizer
-        self.pattern = pattern
-        self.prefix = prefix
-        self.top_k = top_k
-        self.texts = _token_texts(tokenizer)
-        self.end_ids = {i for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-                        if isinstance(i, int) and i >= 0}
-        self.prompt_len: int | None = None
+    MAX_ROLLBACK = 32
 
-    def text_so_far(self, ids) -> str:
-        return self.prefix + self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def allowed(self, text: str, token_ids) -> list[int]:
-        complete = self.pattern.fullmatch(text) is not None
-        keep = []
-        for token_id in token_ids:
-            token_id = int(token_id)
-            if token_id in self.end_ids:
-                if complete:
-                    keep.append(token_id)
-            elif self.texts[token_id] and self.pattern.fullmatch(text + self.texts[token_id], partial=True):
-                keep.append(token_id)
-        return keep
+    def __init__(self, tokenizer, grammar: str):
+        self.tokenizer, self.grammar = tokenizer, grammar
+        self.matcher = None
+        self.prompt_len = 0
+        self.fed = 0  # generated tokens the matcher has accepted
 
     def __call__(self, input_ids, scores):
-        import torch
+        import xgrammar
 
-        if self.prompt_len is None:
+        if self.matcher is None:
+            compiled = _compiler(self.tokenizer, scores.shape[-1]).compile_grammar(self.grammar)
+            self.matcher = xgrammar.GrammarMatcher(compiled, max_rollback_tokens=self.MAX_ROLLBACK)
+            self.bitmask = xgrammar.allocate_token_bitmask(1, scores.shape[-1])
             self.prompt_len = input_ids.shape[1]
-        for row in range(scores.shape[0]):
-            text = self.text_so_far(input_ids[row, self.prompt_len:].tolist())
-            top = torch.topk(scores[row], min(self.top_k, scores.shape[1])).indices.tolist()
-            keep = self.allowed(text, top)
-            if not keep:
-                ranked = torch.argsort(scores[row], descending=True).tolist()
-                keep = self.allowed(text, ranked[self.top_k:])[:1] or sorted(self.end_ids)[:1]
-            mask = torch.full_like(scores[row], -math.inf)
-            mask[keep] = 0.0
-            scores[row] = scores[row] + mask
+        generated = input_ids[0, self.prompt_len:].tolist()
+        if len(generated) < self.fed:
+            self.matcher.rollback(self.fed - len(generated))
+            self.fed = len(generated)
+        for token in generated[self.fed:]:
+            if not self.matcher.accept_token(token):
+                raise ValueError(f"grammar: token {token} was not allowed")
+            self.fed += 1
+        self.matcher.fill_next_token_bitmask(self.bitmask)
+        xgrammar.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
         return scores

@@ -152,8 +152,10 @@ class LinkedSchema:
     def foreign_keys(self) -> list[tuple[str, str, str, str]]:
         return [fk for fk in self.schema.foreign_keys if fk[0] in self.tables and fk[2] in self.tables]
 
-    def grammar_spec(self, question: str):
+    def grammar_spec(self, question: str, shaped: bool = True):
         """The GrammarSpec of queries over these tables whose literals come from the question.
+
+        ``shaped``: only the clauses the question's wording cues (QueryShape.of); else every clause.
 
         Stored values the question mentions keep their own column; text the question quotes or
         capitalises after a sentence's first word (names the value index does not hold) may meet
@@ -188,7 +190,8 @@ class LinkedSchema:
         return GrammarSpec(
             tables, tuple(self.foreign_keys()), tuple((m.table, m.column, m.value) for m in self.values),
             tuple(dict.fromkeys(s for s in strings if s not in matched)), tuple(dict.fromkeys(numbers)),
-            numeric_mentioned, tuple(dict.fromkeys(mentioned + labels)), QueryShape.of(question))
+            numeric_mentioned, tuple(dict.fromkeys(mentioned + labels)),
+            QueryShape.of(question) if shaped else QueryShape.open())
 
     def describe(self) -> str:
         """Compact schema text for a prompt: one line per table, then joins and matched values."""

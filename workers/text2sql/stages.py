@@ -17,11 +17,10 @@ from pathlib import Path
 from tessera.api import metrics as catalogue
 from tessera.workers.metrics import make_metric
 from tessera.workers.text2sql import prompts
-from tessera.workers.text2sql.grammar import GrammarSpec, SQLGrammarProcessor, sql_pattern
+from tessera.workers.text2sql.grammar import GrammarLogitsProcessor, GrammarSpec, sql_grammar
 from tessera.workers.text2sql.sandbox import ExecutionResult, SQLError, SQLSandbox
 from tessera.workers.text2sql.schema import LinkedSchema, Schema
 
-SQL_PREFIX = "SELECT"  # forced at the start of the answer: the model continues a query, never prose
 STOP = [";", "\n\n", "<|im_end|>"]
 
 
@@ -79,15 +78,23 @@ class SQLWriter:
             out = self.engine.generate(prompt, max_new_tokens=call.max_new_tokens, temperature=call.temperature,
                                        seed=call.seed, speculative=self.speculative)
             return Candidate(prompts.extract_sql(out.text), out.mean_logprob, call.origin)
-        out = self.engine.generate(prompt + SQL_PREFIX, max_new_tokens=call.max_new_tokens, stop=STOP,
+        out = self.engine.generate(prompt, max_new_tokens=call.max_new_tokens, stop=STOP,
                                    temperature=call.temperature, seed=call.seed, speculative=self.speculative,
-                                   logits_processor=SQLGrammarProcessor(self.engine.tokenizer, sql_pattern(call.grammar),
-                                                                     prefix=SQL_PREFIX))
-        return Candidate(SQL_PREFIX + out.text.rstrip().rstrip(";"), out.mean_logprob, call.origin)
+                                   logits_processor=GrammarLogitsProcessor(self.engine.tokenizer,
+                                                                           sql_grammar(call.grammar)))
+        return Candidate(out.text.strip().rstrip(";"), out.mean_logprob, call.origin)
 
 
 class CandidateGenerator:
-    """Stage 2: the LLM calls for n candidates (one greedy, the rest sampled), with few-shot examples."""
+    """Stage 2: the LLM calls for n candidates, with few-shot examples.
+
+    Candidates alternate between two grammars over the linked schema: one narrowed to the clauses
+    the question's wording cues, and the open one (every clause; only the schema and the question's
+    literals bound it). The first of each is greedy, the rest sampled. Where the cues read the
+    question right, the narrowed candidates agree and win the vote (a tie goes to the likelier
+    candidate, and a narrower grammar makes its tokens likelier); where the cues miss a phrasing,
+    the open candidates can still write the query.
+    """
 
     def __init__(self, fewshot_db_dir: str | Path, n: int = 4, k_examples: int = 3, temperature: float = 0.7,
                  max_new_tokens: int = 64):
@@ -99,10 +106,14 @@ class CandidateGenerator:
 
     def calls(self, question: str, linked: LinkedSchema, n: int | None = None) -> list[LLMCall]:
         messages = prompts.generation_messages(question, linked, self.examples(question))
-        grammar = linked.grammar_spec(question)
-        return [LLMCall(messages, grammar, 0.0 if i == 0 else self.temperature, seed=i,
-                        max_new_tokens=self.max_new_tokens, origin="greedy" if i == 0 else "sample")
-                for i in range(self.n if n is None else n)]
+        grammars = (linked.grammar_spec(question), linked.grammar_spec(question, shaped=False))
+        calls = []
+        for i in range(self.n if n is None else n):
+            greedy = i < 2
+            calls.append(LLMCall(messages, grammars[i % 2], 0.0 if greedy else self.temperature, seed=i,
+                                 max_new_tokens=self.max_new_tokens,
+                                 origin=("greedy" if greedy else "sample") + ("-open" if i % 2 else "")))
+        return calls
 
     def single_shot_call(self, question: str, db_path: str, max_new_tokens: int = 96) -> LLMCall:
         """The baseline: whole schema, no examples, greedy, no grammar."""

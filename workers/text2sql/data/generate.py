@@ -1,9 +1,12 @@
 """Builds the Text-to-SQL SQLite databases deterministically (same seed, same bytes of data).
 
-Four small databases with foreign keys and realistic rows: ``store``, ``school`` and
+Small databases with foreign keys and realistic rows: ``store``, ``school`` and
 ``library`` hold the dev set's questions (``dev.json``); ``company`` holds only the
 few-shot examples (``fewshot.json``), so the dev set measures the pipeline on
-databases its prompts never show, as the held-out set does.
+databases its prompts never show, as the held-out set does. ``clinic``, ``airline`` and
+``music`` hold the validation set (``validation.json``): schemas and wording that nothing
+in the pipeline was written while looking at (singular table names, other key names), to
+check that a change which helps the dev set is not fitted to it.
 
 Run ``python -m tessera.workers.text2sql.data.generate [DIR]``; without DIR the
 databases go to the cache dir (``$TESSERA_CACHE`` or ``~/.cache/tessera``)/text2sql.
@@ -18,7 +21,7 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-DATABASES = ("store", "school", "library", "company")
+DATABASES = ("store", "school", "library", "company", "clinic", "airline", "music")
 
 FIRST = ["Alice", "Bruno", "Chen", "Dana", "Elif", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemal", "Lena",
          "Mateo", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wei", "Yara", "Zoe"]
@@ -143,7 +146,73 @@ def _company(db: sqlite3.Connection, rng: random.Random) -> None:
                    rng.choice(["active", "done", "planned"]), rng.randrange(10, 500) * 1000))
 
 
-BUILDERS = {"store": _store, "school": _school, "library": _library, "company": _company}
+def _clinic(db: sqlite3.Connection, rng: random.Random) -> None:
+    db.executescript("""
+    CREATE TABLE doctor (doctor_id INTEGER PRIMARY KEY, full_name TEXT NOT NULL, specialty TEXT, years_experience INTEGER);
+    CREATE TABLE patient (patient_id INTEGER PRIMARY KEY, full_name TEXT NOT NULL, birth_year INTEGER, town TEXT,
+                          insured INTEGER);
+    CREATE TABLE visit (visit_id INTEGER PRIMARY KEY, patient_id INTEGER REFERENCES patient(patient_id),
+                        doctor_id INTEGER REFERENCES doctor(doctor_id), visit_date TEXT, fee REAL);
+    """)
+    specialties = ["Cardiology", "Dermatology", "Pediatrics", "Neurology"]
+    for i, name in enumerate(_people(rng, 12), 1):
+        db.execute("INSERT INTO doctor VALUES (?,?,?,?)", (i, name, rng.choice(specialties), rng.randrange(1, 35)))
+    for i, name in enumerate(_people(rng, 50), 1):
+        db.execute("INSERT INTO patient VALUES (?,?,?,?,?)", (i, name, rng.randrange(1940, 2020), rng.choice(CITIES)[0],
+                                                             rng.choice([0, 1, 1])))
+    for i in range(1, 151):
+        db.execute("INSERT INTO visit VALUES (?,?,?,?,?)", (i, rng.randrange(1, 51), rng.randrange(1, 13),
+                                                           _day(rng, date(2024, 1, 1), 365), round(rng.uniform(40, 400), 2)))
+
+
+def _airline(db: sqlite3.Connection, rng: random.Random) -> None:
+    db.executescript("""
+    CREATE TABLE airport (code TEXT PRIMARY KEY, airport_name TEXT NOT NULL, city TEXT, country TEXT);
+    CREATE TABLE aircraft (aircraft_id INTEGER PRIMARY KEY, model TEXT NOT NULL, seats INTEGER, built_year INTEGER);
+    CREATE TABLE flight (flight_id INTEGER PRIMARY KEY, flight_number TEXT NOT NULL,
+                         origin TEXT REFERENCES airport(code), aircraft_id INTEGER REFERENCES aircraft(aircraft_id),
+                         distance_km INTEGER, departure_date TEXT);
+    """)
+    codes = {"Berlin": "BER", "Munich": "MUC", "Paris": "CDG", "Lyon": "LYS", "Madrid": "MAD", "Rome": "FCO",
+             "Vienna": "VIE", "Oslo": "OSL"}
+    for city, country in CITIES:
+        db.execute("INSERT INTO airport VALUES (?,?,?,?)", (codes[city], f"{city} International", city, country))
+    models = ["A320", "A321", "B737", "B787", "E190", "A350"]
+    for i in range(1, 21):
+        db.execute("INSERT INTO aircraft VALUES (?,?,?,?)", (i, rng.choice(models), rng.choice([100, 150, 180, 240, 300]),
+                                                            rng.randrange(1995, 2024)))
+    for i in range(1, 121):
+        db.execute("INSERT INTO flight VALUES (?,?,?,?,?,?)", (i, f"TS{100 + i}", rng.choice(list(codes.values())),
+                   rng.randrange(1, 21), rng.randrange(300, 9000), _day(rng, date(2025, 1, 1), 180)))
+
+
+def _music(db: sqlite3.Connection, rng: random.Random) -> None:
+    db.executescript("""
+    CREATE TABLE artist (id INTEGER PRIMARY KEY, artist_name TEXT NOT NULL, origin_country TEXT, formed_year INTEGER);
+    CREATE TABLE album (id INTEGER PRIMARY KEY, album_title TEXT NOT NULL, artist_id INTEGER REFERENCES artist(id),
+                        release_year INTEGER, label TEXT);
+    CREATE TABLE track (id INTEGER PRIMARY KEY, track_title TEXT NOT NULL, album_id INTEGER REFERENCES album(id),
+                        duration_seconds INTEGER, plays INTEGER);
+    """)
+    bands = ["The Quiet Owls", "Neon Harbor", "Paper Giants", "Velvet Static", "Northern Lines", "Iron Meadow",
+             "Blue Lantern", "Silver Foxes"]
+    for i, band in enumerate(bands, 1):
+        db.execute("INSERT INTO artist VALUES (?,?,?,?)", (i, band, rng.choice(CITIES)[1], rng.randrange(1965, 2020)))
+    words = ["Echo", "Summer", "Midnight", "Ocean", "Paper", "Golden", "Wild", "Empty", "Electric", "Hollow"]
+    labels = ["Sunrise Records", "Blackbird", "Polar Sound"]
+    titles: set[str] = set()
+    while len(titles) < 24:
+        titles.add(f"{rng.choice(words)} {rng.choice(['Dreams', 'Roads', 'Hearts', 'Skies', 'Rooms'])}")
+    for i, title in enumerate(sorted(titles), 1):
+        db.execute("INSERT INTO album VALUES (?,?,?,?,?)", (i, title, rng.randrange(1, len(bands) + 1),
+                                                           rng.randrange(1975, 2025), rng.choice(labels)))
+    for i in range(1, 161):
+        db.execute("INSERT INTO track VALUES (?,?,?,?,?)", (i, f"{rng.choice(words)} {rng.choice(words)} No. {i}",
+                   rng.randrange(1, len(titles) + 1), rng.randrange(120, 480), rng.randrange(0, 100000)))
+
+
+BUILDERS = {"store": _store, "school": _school, "library": _library, "company": _company, "clinic": _clinic,
+            "airline": _airline, "music": _music}
 
 
 def build(directory: Path | str | None = None, seed: int = 7) -> Path:
