@@ -1,17 +1,21 @@
 """``tessera demo``: the main job on one machine, no cluster.
 
-1. validate and plan the Text-to-SQL example for the example heterogeneous inventory;
-2. build the Serve application exactly as the operator writes it into the RayService, and run it on
-   a local Ray where every hardware class of the plan is a custom resource (``tessera.workers.local``);
-3. send a burst of dev-set questions with mixed priorities and deadlines;
-4. report SLO attainment per priority, execution accuracy, latency percentiles, the speculative
-   acceptance rate, and where the Prometheus metrics are served.
+For each example workflow (text2sql, rag-assistant, chat; ``--workflow`` picks one):
+
+1. validate and plan it for the example heterogeneous inventory;
+2. build its Serve application exactly as the operator writes it into the RayService
+   (``build_serve_config``: the default workflow runtime) and run it on a local Ray where every
+   planned hardware class is a custom resource (``tessera.workers.local``);
+3. send a burst of requests with mixed priorities and deadlines, once with the workflow's own
+   policy (urgency) and once with FCFS as the baseline;
+4. report per priority: SLO attainment, p50 and p95, and whether the most urgent class did best.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -21,43 +25,56 @@ from tessera.cli.errors import UserError
 from tessera.examples import example_path
 
 EXAMPLES = example_path()
-DEFAULT_WORKFLOW = EXAMPLES / "workflows" / "text2sql.yaml"
 DEFAULT_INVENTORY = EXAMPLES / "inventory"
-# (priority, deadline seconds): urgent interactive questions, normal ones, and batch work.
-TRAFFIC_CLASSES = ((2, 60.0), (1, 120.0), (0, 240.0))
+WORKFLOW_FILES = {"text2sql": "text2sql.yaml", "rag-assistant": "rag.yaml", "chat": "chat.yaml"}
+# (priority, deadline as a multiple of the workflow's SLO latency): batch, normal and urgent requests,
+# sent in that order, so an urgent request arrives behind the others.
+TRAFFIC_CLASSES = ((0, 4.0), (1, 2.0), (2, 1.0))
+BASELINE_POLICY = "wb-fcfs"
+RAG_QUESTIONS = (
+    "What does the operator write for each workflow?", "How does Tessera split a deadline across stages?",
+    "Which command loads documents into a collection?", "What does the planner optimise?",
+    "How are worker pods placed on hardware classes?", "What does a PowerBudget do?",
+)
+CHAT_PROMPTS = (
+    "Name a primary colour.", "Say hello in French.", "What is two plus two?", "Name a planet.",
+    "Give one word for happy.", "What comes after Monday?",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="plan the Text-to-SQL agent, serve it on a local Ray, send a burst of questions (no cluster)",
-        description="The whole pipeline on this machine: plan the Text-to-SQL AgentWorkflow for the example "
-        "heterogeneous inventory, start a local Ray Serve with the application the operator would deploy "
-        "(the plan's hardware classes become local Ray resources), send a burst of dev-set questions with "
-        "mixed priorities and deadlines, and print SLO attainment, accuracy, latencies and the speculative "
-        "decoding acceptance rate. Takes a few minutes on 2 CPU cores.",
+        help="plan the three example workflows, serve each on a local Ray, send bursts with mixed priorities",
+        description="The whole pipeline on this machine: plan each example AgentWorkflow (text2sql, "
+        "rag-assistant, chat) for the example heterogeneous inventory, run the Serve application the operator "
+        "would deploy (the default workflow runtime; planned hardware classes become local Ray resources), send "
+        "a burst of requests with three priorities and deadlines under the workflow's urgency policy and under "
+        "FCFS, and print SLO attainment, p50 and p95 per priority. Takes about 5 minutes on 2 CPU cores.",
     )
-    parser.add_argument("--workflow", default=str(DEFAULT_WORKFLOW), metavar="FILE",
-                        help="the AgentWorkflow to plan and serve (default: the Text-to-SQL example)")
+    parser.add_argument("--workflow", choices=sorted(WORKFLOW_FILES), action="append", metavar="NAME",
+                        help="run only this example (text2sql, rag-assistant or chat; repeatable; default: all three)")
     parser.add_argument("--inventory", default=str(DEFAULT_INVENTORY), metavar="PATH",
-                        help="HardwareClasses, Nodes, ModelProfiles, PowerBudgets (default: examples/inventory)")
-    parser.add_argument("--questions", type=int, default=9, metavar="N", help="questions in the burst (default 9)")
+                        help="HardwareClasses, Nodes, ModelProfiles, PowerBudgets (default: the examples' inventory)")
+    parser.add_argument("--requests", type=int, default=6, metavar="N",
+                        help="requests per burst, spread over three priorities (default 6)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the FCFS baseline bursts (faster)")
     parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT",
                         help="where the demo serves its Prometheus metrics (default 9091; 0: off)")
     parser.add_argument("--keep-running", action="store_true",
-                        help="leave the application serving (HTTP on 127.0.0.1:8000/<workflow>) until Ctrl-C")
+                        help="leave the last workflow serving (HTTP on 127.0.0.1:8000/<workflow>) until Ctrl-C")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table",
                         help="table for people (default) or one JSON object with the figures")
     parser.set_defaults(handler=run)
 
 
-def plan_example(workflow_path: str, inventory_path: str):
+def plan_example(workflow_path: str | Path, inventory_path: str):
     """(workflow, plan, hardware classes by name), or a UserError naming what is wrong."""
     from tessera.api import AgentWorkflow, HardwareClass, ModelProfile, PowerBudget
     from tessera.cli.documents import load
     from tessera.planner import Inventory, plan_workflow
 
-    loaded = load([workflow_path, inventory_path])
+    loaded = load([str(workflow_path), inventory_path])
     if loaded.problems:
         raise UserError("invalid input:\n  " + "\n  ".join(loaded.problems))
     workflows = loaded.of_kind(AgentWorkflow)
@@ -73,173 +90,198 @@ def plan_example(workflow_path: str, inventory_path: str):
     return workflow, plan, classes
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+def prepare_data(workflow) -> None:
+    """What the example's stages read: the Text-to-SQL databases, the RAG collection (from files the package ships)."""
+    from tqdm import tqdm
+
+    for stage in workflow.spec.stages:
+        database = stage.params.get("database")
+        if isinstance(database, str):
+            from tessera.workers.text2sql.data.generate import ensure_built
+
+            ensure_built(Path(database).parent)
+        if stage.retrieval is not None:
+            from tessera.workers.retrieval import default_corpus, index_files
+
+            files = default_corpus()
+            with tqdm(desc=f"indexing {stage.retrieval.collection}", unit="passage", file=sys.stderr) as bar:
+                index_files(files, stage.retrieval.collection, url=stage.retrieval.url, path=stage.retrieval.path,
+                            progress=bar.update)
 
 
-def dev_questions(db_name: str, count: int) -> list[dict]:
+def dev_questions(database: str, count: int) -> list[dict]:
     """The first ``count`` dev-set questions about one database (question, gold SQL)."""
     import tessera.workers.text2sql.data as data
 
-    dev_set = Path(data.__file__).with_name("dev.json")
-    items = [q for q in json.loads(dev_set.read_text()) if q["db"] == db_name]
+    items = [q for q in json.loads(Path(data.__file__).with_name("dev.json").read_text()) if q["db"] == Path(database).name]
     if not items:
-        raise UserError(f"the dev set has no questions about {db_name}")
+        raise UserError(f"the dev set has no questions about {Path(database).name}")
     return [items[i % len(items)] for i in range(count)]
 
 
-def gold_key(db_path: str, sql: str):
-    from tessera.workers.text2sql.sandbox import SQLSandbox, result_key
+def database_of(workflow) -> str | None:
+    """The SQLite file a Text-to-SQL workflow's stages read (``params.database``), if any."""
+    return next((s.params["database"] for s in workflow.spec.stages if isinstance(s.params.get("database"), str)), None)
 
-    return result_key(SQLSandbox(db_path).execute(sql).rows)
+
+def inputs_for(workflow, count: int) -> list:
+    """Dev-set questions for Text-to-SQL, questions about Tessera for RAG, short prompts for chat."""
+    database = database_of(workflow)
+    if database:
+        return [q["question"] for q in dev_questions(database, count)]
+    prompts = RAG_QUESTIONS if any(s.retrieval for s in workflow.spec.stages) else CHAT_PROMPTS
+    return [prompts[i % len(prompts)] for i in range(count)]
 
 
-def serve_application(application: dict, classes: list[str]):
-    """Start a local Ray (the plan's classes as resources) and run the application; its ingress handle."""
+def burst_bodies(workflow, inputs: list) -> list[dict]:
+    latency_ms = workflow.spec.slo.deadline_ms or workflow.spec.slo.latency_ms
+    return [{"input": value, "priority": TRAFFIC_CLASSES[i % 3][0], "deadlineMs": TRAFFIC_CLASSES[i % 3][1] * latency_ms}
+            for i, value in enumerate(inputs)]
+
+
+def start_ray(class_names: set[str]) -> None:
     import ray
-    from ray import serve
 
-    from tessera.workers.local import build_application, local_class_resources
+    from tessera.workers.local import local_class_resources
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=os.cpu_count() or 2, resources=local_class_resources(classes), include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=os.cpu_count() or 2, resources=local_class_resources(sorted(class_names)),
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from ray import serve
+
+    quiet = logging.getLogger("ray.serve")
+    quiet.setLevel(logging.WARNING)  # deployment chatter; warnings (something wrong) still show
+    serve.start(http_options={"host": "127.0.0.1"})
+    quiet.setLevel(logging.WARNING)  # serve.start sets its own level
+
+
+def serve_workflow(workflow, plan, classes, policy: str, http: bool = False):
+    """The application the operator writes (with ``policy``), localized and running; (its name, ingress handle)."""
+    from ray import serve
+
+    from tessera.operator.builders import build_serve_config
+    from tessera.workers.local import build_application, localize_application
+
+    changed = workflow.model_copy(deep=True)
+    changed.spec.serve.policy = policy
+    application = localize_application(build_serve_config(changed, plan, classes)["applications"][0])
     try:
         app = build_application(application)
-    except ValueError as err:  # the builder's args check: the workflow's spec.serve.args are at fault
-        raise UserError(f"spec.serve.args: {err}") from None
-    return serve.run(app, name=application["name"], route_prefix=application.get("route_prefix"))
+    except ValueError as err:  # the builder's args check: the workflow's spec is at fault
+        raise UserError(f"{workflow.metadata.name}: {err}") from None
+    handle = serve.run(app, name=application["name"], route_prefix=application["route_prefix"] if http else None)
+    return application["name"], handle
 
 
-def send_burst(handle, questions: list[dict]) -> list[dict]:
-    """All questions at once, with mixed priorities and deadlines; one record per answer, in order."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+def accuracy(records: list[dict], questions: list[dict], database: str) -> float:
+    """Execution accuracy of Text-to-SQL answers against the dev set's gold SQL (same rows, any order)."""
+    from tessera.workers.text2sql.sandbox import SQLSandbox, result_key
 
-    from tqdm import tqdm
-
-    def ask(i: int, item: dict) -> dict:
-        priority, deadline_s = TRAFFIC_CLASSES[i % len(TRAFFIC_CLASSES)]
-        started = time.monotonic()
-        try:
-            answer = handle.answer.remote(item["question"], priority, deadline_s).result(timeout_s=900)
-            error = answer.get("error")
-        except Exception as err:  # a failed request is counted, not fatal to the demo
-            answer, error = {}, f"{type(err).__name__}: {err}"
-        seconds = time.monotonic() - started
-        return {"priority": priority, "deadlineS": deadline_s, "seconds": seconds, "answer": answer, "error": error,
-                "metDeadline": error is None and seconds <= deadline_s and not answer.get("deadlineMissed")}
-
-    records: list[dict | None] = [None] * len(questions)
-    with ThreadPoolExecutor(max_workers=len(questions)) as pool, \
-            tqdm(total=len(questions), desc="questions", unit="q", file=sys.stderr) as bar:
-        futures = {pool.submit(ask, i, item): i for i, item in enumerate(questions)}
-        for future in as_completed(futures):
-            records[futures[future]] = future.result()
-            bar.update(1)
-    return [r for r in records if r is not None]
-
-
-def summarize(records: list[dict], questions: list[dict], db_path: str) -> dict:
-    from tessera.workers.text2sql.sandbox import result_key
-
+    sandbox = SQLSandbox(database)
     correct = 0
     for record, item in zip(records, questions):
-        rows = record["answer"].get("rows")
-        record["correct"] = rows is not None and not record["error"] and \
-            result_key([tuple(r) for r in rows]) == gold_key(db_path, item["sql"])
-        correct += record["correct"]
-    by_priority = {}
-    for priority, deadline_s in TRAFFIC_CLASSES:
-        mine = [r for r in records if r["priority"] == priority]
-        by_priority[str(priority)] = {
-            "deadlineS": deadline_s, "requests": len(mine),
-            "sloAttainment": sum(r["metDeadline"] for r in mine) / len(mine) if mine else None,
-            "latencyP50S": percentile([r["seconds"] for r in mine], 50),
-        }
-    seconds = [r["seconds"] for r in records]
-    stage_ms: dict[str, list[float]] = {}
-    for record in records:
-        for stage in record["answer"].get("stages", []):
-            stage_ms.setdefault(stage["name"], []).append(stage["ms"])
-    return {
-        "questions": len(records),
-        "executionAccuracy": correct / len(records) if records else 0.0,
-        "errors": sum(1 for r in records if r["error"]),
-        "byPriority": by_priority,
-        "latencyP50S": percentile(seconds, 50),
-        "latencyP95S": percentile(seconds, 95),
-        "stageMeanMs": {name: sum(v) / len(v) for name, v in stage_ms.items()},
-    }
+        rows = (record["answer"].get("output") or {}).get("rows") if not record["error"] else None
+        if rows is not None:
+            correct += result_key([tuple(r) for r in rows]) == result_key(sandbox.execute(item["sql"]).rows)
+    return correct / len(records) if records else 0.0
 
 
-def render_report(summary: dict, metrics_url: str | None) -> str:
-    lines = [
-        f"{summary['questions']} questions: execution accuracy {summary['executionAccuracy']:.0%}, "
-        f"{summary['errors']} errors, latency p50 {summary['latencyP50S']:.1f} s, p95 {summary['latencyP95S']:.1f} s",
-        "priority  deadline  requests  SLO attainment  p50",
-    ]
-    for priority, row in summary["byPriority"].items():
-        attainment = "-" if row["sloAttainment"] is None else f"{row['sloAttainment']:.0%}"
-        lines.append(f"{priority:>8}  {row['deadlineS']:>6.0f} s  {row['requests']:>8}  {attainment:>14}  "
-                     f"{row['latencyP50S']:.1f} s")
-    stages = ", ".join(f"{name} {ms:,.0f} ms" for name, ms in summary["stageMeanMs"].items())
-    lines.append(f"mean per stage: {stages}")
-    lines.append(f"{summary['generatedTokens']} tokens generated, {summary['sqlCandidatesExecuted']} SQL candidates "
-                 "executed (read-only, time-limited)")
-    if summary["specdecAcceptanceRate"] is not None:
-        lines.append(f"speculative decoding: acceptance rate {summary['specdecAcceptanceRate']:.0%}, "
-                     f"{summary['specdecTokensPerStep']:.2f} tokens per target step")
-    else:
-        lines.append("speculative decoding: no drafted tokens recorded")
+def run_workflow(workflow, plan, classes, args) -> dict:
+    from ray import serve
+
+    from tessera.workers.runtime.bench import by_priority, send_burst
+
+    inputs = inputs_for(workflow, args.requests)
+    bodies = burst_bodies(workflow, inputs)
+    name = workflow.metadata.name
+    policies = [("urgency", workflow.spec.serve.policy)] + ([] if args.no_baseline else [("fcfs", BASELINE_POLICY)])
+    result: dict = {"sloLatencyMs": workflow.spec.slo.latency_ms}
+    for label, policy in policies:
+        print(f"  {name}: serving with {policy}", file=sys.stderr)
+        last = label == policies[-1][0]
+        app_name, handle = serve_workflow(workflow, plan, classes, policy, http=args.keep_running and last)
+        handle.answer.remote({"input": inputs[0], "deadlineMs": 3_600_000}).result(timeout_s=900)  # warm-up
+        records = send_burst(handle, bodies, progress=f"  {name}, {policy}")
+        result[label] = {"policy": policy, "byPriority": by_priority(records),
+                         "errors": sorted({r["error"] for r in records if r["error"]})[:3]}
+        database = database_of(workflow)
+        if database:
+            result[label]["executionAccuracy"] = accuracy(records, dev_questions(database, len(records)), database)
+        if not (args.keep_running and last):
+            serve.delete(app_name)
+    result["checks"] = checks(result)
+    return result
+
+
+def checks(result: dict) -> dict:
+    """The most urgent class has the lowest p50, and meets at least as many deadlines as under FCFS."""
+    urgent = result["urgency"]["byPriority"]
+    top = max(urgent, key=int)
+    p50s = {p: row["p50Ms"] for p, row in urgent.items()}
+    out = {"urgentHasLowestP50": p50s[top] == min(p50s.values())}
+    if "fcfs" in result:
+        out["urgentAttainmentAtLeastFcfs"] = urgent[top]["sloAttainment"] >= result["fcfs"]["byPriority"][top]["sloAttainment"]
+    return out
+
+
+def render_report(results: dict, metrics_url: str | None) -> str:
+    lines = []
+    for name, result in results["workflows"].items():
+        lines.append(f"\n{name} (SLO {result['sloLatencyMs'] / 1000:g} s)")
+        lines.append("policy      priority  deadline  requests  SLO attainment  p50        p95")
+        for label in ("urgency", "fcfs"):
+            if label not in result:
+                continue
+            for priority, row in result[label]["byPriority"].items():
+                lines.append(f"{result[label]['policy']:<10}  {priority:>8}  {row['deadlineMs'] / 1000:>6.0f} s  "
+                             f"{row['requests']:>8}  {row['sloAttainment']:>14.0%}  {row['p50Ms'] / 1000:>6.1f} s  "
+                             f"{row['p95Ms'] / 1000:>6.1f} s")
+            if "executionAccuracy" in result[label]:
+                lines.append(f"{'':10}  execution accuracy {result[label]['executionAccuracy']:.0%}")
+            for error in result[label]["errors"]:
+                lines.append(f"{'':10}  error: {error}")
+        verdict = ", ".join(f"{check} {'yes' if ok else 'NO'}" for check, ok in result["checks"].items())
+        lines.append(f"most urgent class: {verdict}")
+    lines.append(f"\n{results['generatedTokens']} tokens generated, {results['sqlCandidatesExecuted']} SQL candidates "
+                 f"executed (read-only, time-limited); {results['demoSeconds']:.0f} s in all")
     if metrics_url:
         lines.append(f"Prometheus metrics: {metrics_url}")
-    return "\n".join(lines)
+    return "\n".join(lines).lstrip("\n")
 
 
 def run(args: argparse.Namespace) -> int:
     from tessera.cli.plan import render_table
-    from tessera.operator.builders import build_serve_config
-    from tessera.workers.local import localize_application
-    from tessera.workers.text2sql.app import default_db_dirs
 
-    if args.questions < 1:
-        raise UserError(f"--questions: must be at least 1, got {args.questions}")
+    if args.requests < 3:
+        raise UserError(f"--requests: must be at least 3 (one per priority), got {args.requests}")
     started = time.monotonic()
-    print("[1/4] planning the workflow for the heterogeneous inventory", file=sys.stderr)
-    workflow, plan, classes = plan_example(args.workflow, args.inventory)
-    print(render_table(workflow.metadata.name, workflow, plan))
-
-    print("[2/4] starting a local Ray Serve with the application the operator deploys", file=sys.stderr)
-    application = localize_application(build_serve_config(workflow, plan, classes)["applications"][0])
-    used_classes = sorted({stage.hardware_class for stage in plan.stages.values()})
+    names = args.workflow or list(WORKFLOW_FILES)
+    print(f"[1/4] planning {', '.join(names)} for the heterogeneous inventory", file=sys.stderr)
+    planned = {name: plan_example(EXAMPLES / "workflows" / WORKFLOW_FILES[name], args.inventory) for name in names}
+    if args.output == "table":
+        for name, (workflow, plan, _classes) in planned.items():
+            print(render_table(name, workflow, plan))
+    print("[2/4] preparing the examples' data (databases, the RAG collection)", file=sys.stderr)
+    for workflow, _plan, _classes in planned.values():
+        prepare_data(workflow)
     metrics_url = start_metrics(args.metrics_port)
-    db_path = str(default_db_dirs() / "store.sqlite")
+    start_ray({stage.hardware_class for _w, plan, _c in planned.values() for stage in plan.stages.values()})
     try:
-        handle = serve_application(application, used_classes)
-        print(f"[3/4] sending a burst of {args.questions} questions with mixed priorities and deadlines",
+        print("[3/4] serving each workflow as the operator deploys it; a burst under urgency, then FCFS",
               file=sys.stderr)
-        questions = dev_questions(Path(db_path).name, args.questions)
-        records = send_burst(handle, questions)
-        summary = summarize(records, questions, db_path)
-        summary.update(metric_figures())
-        summary["demoSeconds"] = time.monotonic() - started
+        results = {"workflows": {name: run_workflow(*planned[name], args) for name in names}}
+        results.update(metric_figures())
+        results["demoSeconds"] = time.monotonic() - started
         print("[4/4] results", file=sys.stderr)
-        print(json.dumps(summary) if args.output == "json" else render_report(summary, metrics_url))
+        print(json.dumps(results) if args.output == "json" else render_report(results, metrics_url))
         if args.keep_running:
-            print(f"serving on http://127.0.0.1:8000{application['route_prefix']} (POST {{\"question\": ...}}); "
-                  "Ctrl-C stops", file=sys.stderr)
+            print(f"serving http://127.0.0.1:8000/{names[-1]} (POST {{\"input\": ...}}); Ctrl-C stops", file=sys.stderr)
             while True:
                 time.sleep(3600)
     finally:
         import ray
-        from ray import serve
 
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # without serve.shutdown(): its controller kill only prints retry noise
     return 0
 
 
@@ -247,15 +289,8 @@ def metric_figures() -> dict:
     """Figures the replicas recorded in Prometheus metrics (read back through the same exporter)."""
     from tessera.workers.metrics import sample_sum
 
-    drafted = sample_sum("tessera_specdec_drafted_tokens_total")
-    steps = sample_sum("tessera_specdec_target_steps_total")
-    accepted = sample_sum("tessera_specdec_accepted_tokens_total")
-    return {
-        "sqlCandidatesExecuted": int(sample_sum("tessera_sql_candidates_executed_total")),
-        "generatedTokens": int(sample_sum("tessera_llm_generated_tokens_total")),
-        "specdecAcceptanceRate": accepted / drafted if drafted else None,
-        "specdecTokensPerStep": (accepted + steps) / steps if steps else None,
-    }
+    return {"sqlCandidatesExecuted": int(sample_sum("tessera_sql_candidates_executed_total")),
+            "generatedTokens": int(sample_sum("tessera_llm_generated_tokens_total"))}
 
 
 def start_metrics(port: int) -> str | None:

@@ -3,15 +3,19 @@
 Every llm stage that names the same model shares one model deployment (one handle, passed to the
 stage's replicas). Where the operator wrote ``WorkflowAppArgs.models`` and a stage's
 ``modelDeployment`` key, that entry says where the model runs; otherwise the model deployment takes
-the placement of the first llm stage that names the model. Either way the model is Tessera's CPU
-engine behind ``tessera.workers.llm.serve.LLMServer`` (SmolLM2 from its wheel) until the model
-deployments of the plan replace it: they only need to answer ``generate`` and ``stream`` the same way.
+the placement of the first llm stage that names the model. Either way it is ``ModelServer``: Tessera's
+CPU engine with SmolLM2 from its wheel, decoding under an EBNF grammar when a call gives one (xgrammar),
+until the plan's model deployments replace it; they only need to answer ``generate`` and ``stream``
+with the same request dict (``ModelClient.request``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+
+from ray import serve
 
 from tessera.api.serve import WorkflowAppArgs
 from tessera.api.workflow import GenerationOptions, Stage, StageKind
@@ -24,10 +28,38 @@ def model_key(args: WorkflowAppArgs, stage: Stage) -> str:
     return key if key and key in args.models else str(stage.model)
 
 
+@serve.deployment
+class ModelServer:
+    """One model: generation requests from ``ModelClient`` (chat messages, options, an optional grammar)."""
+
+    def __init__(self, model: str):
+        from tessera.workers.llm.engine import LLMEngine
+
+        self.model = model
+        self.engine = LLMEngine.load_default()
+
+    def _arguments(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        kwargs = {"max_new_tokens": request["max_new_tokens"], "temperature": request["temperature"],
+                  "stop": request["stop"]}
+        if request.get("grammar"):
+            from tessera.workers.text2sql.grammar import GrammarLogitsProcessor
+
+            kwargs["logits_processor"] = GrammarLogitsProcessor(self.engine.tokenizer, request["grammar"])
+        return self.engine.chat_prompt(request["messages"]), kwargs
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        prompt, kwargs = self._arguments(request)
+        result = await asyncio.to_thread(self.engine.generate, prompt, **kwargs)
+        return {"text": result.text, "tokens": len(result.token_ids), "finish_reason": result.finish_reason}
+
+    def stream(self, request: dict[str, Any]):
+        """Text pieces as they are decided (call with ``handle.options(stream=True)``)."""
+        prompt, kwargs = self._arguments(request)
+        yield from self.engine.stream(prompt, **kwargs)
+
+
 def bind_model_deployments(args: WorkflowAppArgs) -> dict[str, Any]:
     """One bound model deployment per key that an llm stage calls."""
-    from tessera.workers.llm.serve import LLMServer, LLMServerConfig
-
     bound: dict[str, Any] = {}
     for stage in args.spec.stages:
         if stage.kind is not StageKind.llm:
@@ -40,7 +72,7 @@ def bind_model_deployments(args: WorkflowAppArgs) -> dict[str, Any]:
         options = {"name": f"model-{key}"[:60], "num_replicas": where.replicas,
                    "ray_actor_options": where.ray_actor_options or {"num_cpus": 1},
                    "max_ongoing_requests": 64}
-        bound[key] = LLMServer.options(**options).bind(LLMServerConfig(model_path=None))
+        bound[key] = ModelServer.options(**options).bind(planned.model if planned else key)
     return bound
 
 
@@ -52,17 +84,17 @@ class ModelClient:
 
     @staticmethod
     def request(prompt: str, options: GenerationOptions | None, system: str | None, overrides: dict[str, Any]) -> dict:
-        chosen = (options or GenerationOptions()).model_copy(update=overrides)
-        if chosen.grammar or chosen.json_schema:
-            raise ValueError("llm.generation: grammar and jsonSchema need a model deployment with structured outputs")
+        chosen = GenerationOptions.model_validate({**(options or GenerationOptions()).model_dump(), **overrides})
+        if chosen.json_schema:
+            raise ValueError("llm.generation.jsonSchema: this model deployment decodes under an EBNF grammar only")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return {"messages": messages, "max_new_tokens": chosen.max_tokens, "temperature": chosen.temperature,
-                "stop": chosen.stop or None}
+                "stop": chosen.stop or None, "grammar": chosen.grammar}
 
     async def generate(self, prompt: str, options: GenerationOptions | None = None, *,
                        system: str | None = None, **overrides: Any) -> Completion:
         result = await self.handle.generate.remote(self.request(prompt, options, system, overrides))
-        return Completion(result["text"], len(result["token_ids"]), result["finish_reason"])
+        return Completion(result["text"], result["tokens"], result["finish_reason"])
 
     async def stream(self, prompt: str, options: GenerationOptions | None = None, *,
                      system: str | None = None, **overrides: Any) -> AsyncIterator[str]:
