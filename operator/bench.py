@@ -26,9 +26,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tessera.api import API_VERSION
+from tessera.api.conditions import ConditionType, Reason, Status
+
 GOAL_SECONDS = 60
 GOAL_RSS_MB = 500
-API = "tessera.dev/v1alpha1"
+API = API_VERSION
 SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"  # the harness, in a repository checkout
 NEEDS = ("tessera bench operator needs the emulated cluster of a repository checkout (tests/support) and kmock: "
          "run it from the checkout with `pip install -e '.[dev]'`")
@@ -52,7 +55,8 @@ def bench_workflow(i: int) -> dict[str, Any]:
             "stages": [
                 {"name": "answer", "kind": "llm", "model": "llama-3-1-8b", "inputTokens": 400 + 50 * (i % 7),
                  "outputTokens": 120},
-                {"name": "act", "kind": "tool", "measuredLatencyMs": 100, "dependsOn": ["answer"]},
+                {"name": "act", "kind": "tool", "measuredLatencyMs": 100, "dependsOn": ["answer"],
+                 "implementation": "tessera.workers.runtime.builtins:identity"},
             ],
         },
     }
@@ -85,7 +89,7 @@ def _planned_condition(body: dict[str, Any]) -> dict[str, Any] | None:
     status = body.get("status") or {}
     if status.get("observedGeneration") != body["metadata"].get("generation"):
         return None
-    return next((c for c in status.get("conditions", []) if c["type"] == "Planned"), None)
+    return next((c for c in status.get("conditions", []) if c["type"] == ConditionType.planned), None)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -144,14 +148,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server.wait(30)
 
     bodies = [d["body"] for d in done.values()]
-    feasible = [b for b in bodies if _planned_condition(b)["status"] == "True"]
+    feasible = [b for b in bodies if _planned_condition(b)["status"] == Status.true]
+    invalid = [b for b in bodies if _planned_condition(b)["reason"] == Reason.invalid_spec]
     solve_total = sum((b["status"].get("plan") or {}).get("solveSeconds", 0.0) for b in bodies)
     created_to_planned = [d["seen"] - _seconds(d["body"]["metadata"]["creationTimestamp"]) for d in done.values()]
     return {
         "benchmark": "operator",
         "workflows": len(workflows),
         "planned": len(feasible),
-        "infeasible": len(bodies) - len(feasible),
+        "infeasible": len(bodies) - len(feasible) - len(invalid),
+        "invalid": len(invalid),
         "unfinished": len(workflows) - len(bodies),
         "applySeconds": round(applied, 2),
         "allPlannedSeconds": round(all_planned, 2),

@@ -54,6 +54,7 @@ RAYSERVICES = ("ray.io", "v1", "rayservices")
 INVENTORY_KINDS = {"hardwareclasses": "HardwareClass", "powerbudgets": "PowerBudget", "modelprofiles": "ModelProfile"}
 DEBOUNCE_SECONDS = 0.2  # gather a burst of inventory events (a node pool scaling) into one re-planning pass
 GATHER_SECONDS = 0.05  # an idle planner waits this long for the rest of a burst, then plans it in rank order
+BUDGET_STATUS_SECONDS = 2.0  # PowerBudgets' plannedWatts is written at most this often
 RETRY_SECONDS = 5  # the first retry of a failing reconcile; each next one waits twice as long
 RECENT_RECONCILES = 10_000  # timings kept for the benchmark; the histogram has them all
 
@@ -127,8 +128,11 @@ class OperatorState:
     holdings: dict[str, Holding] = field(default_factory=dict)  # fresher than the index: set when planned
     memories: dict[str, Memory] = field(default_factory=dict)
     inventory_marks: dict[tuple[str, str], str] = field(default_factory=dict)
+    inventory_version: int = 0  # bumped on every change the planner sees (kopf updates indexes before handlers)
+    cached_snapshot: tuple[int, Snapshot] | None = None
     inventory_status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # as last seen or written
     budget_fit: dict[str, tuple[bool, str, float]] = field(default_factory=dict)  # name -> (within, message, watts)
+    budgets_due: dict[str, int | None] = field(default_factory=dict)  # name -> generation: plannedWatts to write
     turns: PlanTurns = field(default_factory=PlanTurns)
     versions: dict[str, int] = field(default_factory=dict)  # workflow -> number of its newest reconcile
     failures: dict[str, int] = field(default_factory=dict)  # workflow -> reconciles failed in a row
@@ -175,6 +179,10 @@ class OperatorState:
         task.add_done_callback(self.writes.discard)
 
     def snapshot(self) -> Snapshot:
+        """The inventory as the indexes hold it, built once per inventory change (Node heartbeats are none)."""
+        if self.cached_snapshot is not None and self.cached_snapshot[0] == self.inventory_version:
+            return self.cached_snapshot[1]
+        version = self.inventory_version
         parts: dict[str, dict[str, Any]] = {}
         invalid: dict[str, InvalidResource] = {}
         for plural in INVENTORY_KINDS:
@@ -184,8 +192,11 @@ class OperatorState:
                     invalid[f"{value.kind}/{name}"] = value
                 else:
                     parts[plural][name] = value
-        return Snapshot(classes=parts["hardwareclasses"], nodes=list(first_values(self.indexes["nodes_index"]).values()),
-                        budgets=parts["powerbudgets"], profiles=parts["modelprofiles"], invalid=invalid)
+        snapshot = Snapshot(classes=parts["hardwareclasses"], budgets=parts["powerbudgets"],
+                            nodes=list(first_values(self.indexes["nodes_index"]).values()),
+                            profiles=parts["modelprofiles"], invalid=invalid)
+        self.cached_snapshot = (version, snapshot)
+        return snapshot
 
     def workflows(self) -> dict[str, WorkflowEntry]:
         return first_values(self.indexes["workflows_index"])
@@ -500,10 +511,23 @@ def publish_budgets(state: OperatorState, snapshot: Snapshot, holdings: Mapping[
             continue
         state.budget_fit[name] = fit
         if not within and (before is None or before[0]):
-            body = {"apiVersion": API_VERSION, "kind": "PowerBudget", "metadata": budget.metadata.model_dump(by_alias=True, exclude_none=True)}
+            body = {"apiVersion": API_VERSION, "kind": "PowerBudget",
+                    "metadata": budget.metadata.model_dump(by_alias=True, exclude_none=True)}
             post_event(state, body, "Warning", Reason.over_budget, f"PowerBudget {name}: {message}")
             logger.warning(f"PowerBudget {name}: {message}")
-        write_inventory_status(state, "powerbudgets", name, budget.metadata.generation, None, logger)
+        if before is None or before[0] != within:  # a change of WithinBudget is written at once
+            write_inventory_status(state, "powerbudgets", name, budget.metadata.generation, None, logger)
+        else:  # plannedWatts moves with every plan: written at most every BUDGET_STATUS_SECONDS
+            state.budgets_due[name] = budget.metadata.generation
+            if len(state.budgets_due) == 1:
+                asyncio.get_running_loop().call_later(BUDGET_STATUS_SECONDS, _write_due_budgets, state, logger)
+
+
+def _write_due_budgets(state: OperatorState, logger: logging.Logger) -> None:
+    due, state.budgets_due = state.budgets_due, {}
+    for name, generation in due.items():
+        if name in state.budget_fit:
+            write_inventory_status(state, "powerbudgets", name, generation, None, logger)
 
 
 def write_inventory_status(state: OperatorState, plural: str, name: str, generation: int | None,
@@ -556,6 +580,7 @@ async def inventory_event(type: str | None, resource: kopf.Resource, name: str, 
                                    problem, logger)
     if state.inventory_marks.get(key) == mark:
         return  # a heartbeat or a status update: nothing the planner reads
+    state.inventory_version += 1
     initial = type is None and key not in state.inventory_marks  # the first listing: resume handlers cover it
     if mark is None:
         state.inventory_marks.pop(key, None)

@@ -95,10 +95,7 @@ class Snapshot:
 
     def inventory(self, reserved_devices: Mapping[str, int] | None = None,
                   reserved_watts: Mapping[str, float] | None = None) -> Inventory:
-        return Inventory.build(
-            self.classes.values(), self.nodes, self.budgets.values(), self.profiles.values(),
-            reserved_devices=reserved_devices, reserved_watts=reserved_watts,
-        )
+        return self._unreserved.with_reserved(reserved_devices, reserved_watts)
 
     def budget_classes(self, budget: PowerBudget) -> set[str]:
         return set(budget.spec.hardware_classes or self.classes)
@@ -135,7 +132,7 @@ class Snapshot:
 
     @cached_property
     def _unreserved(self) -> Inventory:
-        return self.inventory()
+        return Inventory.build(self.classes.values(), self.nodes, self.budgets.values(), self.profiles.values())
 
     def total_devices(self) -> dict[str, int]:
         return self._unreserved.total_devices

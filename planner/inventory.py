@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-from tessera.api.hardware import HardwareClass, HardwareClassSpec
+from tessera.api.hardware import HardwareClass, HardwareClassSpec, PodResources
 from tessera.api.model_profile import ModelProfile, ModelProfileSpec
 from tessera.api.power import PowerBudget
 
@@ -28,7 +29,7 @@ QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([a-zA-Z]{0,2})$")
 
 def parse_quantity(raw: Any) -> float | None:
     """A Kubernetes quantity ("192", "191500m", "1536Gi") as a number; None when absent or unreadable."""
-    match = QUANTITY.match(str(raw).strip()) if raw is not None else None
+    match = QUANTITY.match(str(raw).strip()) if raw is not None and raw != "None" else None
     if match is None or match.group(2) not in QUANTITY_SUFFIXES:
         return None
     return float(match.group(1)) * QUANTITY_SUFFIXES[match.group(2)]
@@ -44,14 +45,21 @@ def _device_count(node: Mapping[str, Any], spec: HardwareClassSpec) -> int:
     """Devices a Node offers: status.allocatable[resourceName] (a CPU class, without a resource, counts the
     Node as one), no more than the Node's allocatable CPU and host memory can serve at the class's podResources."""
     allocatable = _allocatable(node)
-    if spec.resource_name is None:
+    return _devices_offered(*(str(allocatable.get(key)) for key in (spec.resource_name, "cpu", "memory")),
+                            spec.resource_name is None, spec.pod_resources.cpu, spec.pod_resources.memory_gi_b)
+
+
+@lru_cache(maxsize=4096)  # a fleet has few distinct Node shapes; the operator counts them on every plan
+def _devices_offered(count: str, cpu: str, memory: str, per_node: bool, cpu_per_device: float,
+                     memory_gib_per_device: float) -> int:
+    if per_node:
         devices = 1
     else:
-        raw = parse_quantity(allocatable.get(spec.resource_name))
+        raw = parse_quantity(count)
         devices = int(raw) if raw is not None and raw >= 0 and raw.is_integer() else 0  # absent or not a count
-    memory = parse_quantity(allocatable.get("memory"))
-    host_fits = spec.pod_resources.devices_fitting(parse_quantity(allocatable.get("cpu")),
-                                                   None if memory is None else memory / 2**30)
+    memory_bytes = parse_quantity(memory)
+    host_fits = PodResources(cpu=cpu_per_device, memoryGiB=memory_gib_per_device).devices_fitting(
+        parse_quantity(cpu), None if memory_bytes is None else memory_bytes / 2**30)
     return devices if host_fits is None else min(devices, host_fits)
 
 
@@ -146,6 +154,19 @@ class Inventory:
             power_groups=tuple(groups),
             model_profiles={mp.metadata.name: mp.spec for mp in model_profiles},
             devices_per_pod={name: min((n for n in counts if n > 0), default=0) for name, counts in per_node.items()},
+        )
+
+    def with_reserved(self, reserved_devices: Mapping[str, int] | None = None,
+                      reserved_watts: Mapping[str, float] | None = None) -> "Inventory":
+        """This inventory (built with nothing reserved) less what other workflows' plans hold: the same as
+        ``build`` with the reservations, without counting the Nodes again."""
+        devices, watts = reserved_devices or {}, reserved_watts or {}
+        return replace(
+            self,
+            free_devices={name: max(0, count - int(devices.get(name, 0))) for name, count in self.free_devices.items()},
+            power_groups=tuple(replace(g, expected_limit_watts=g.expected_limit_watts - float(watts.get(g.name, 0.0)),
+                                       peak_limit_watts=g.peak_limit_watts - float(watts.get(g.name, 0.0)))
+                               for g in self.power_groups),
         )
 
     def replace_devices(self, free_devices: Mapping[str, int]) -> "Inventory":

@@ -69,3 +69,16 @@ def test_host_cpu_and_memory_limit_the_devices_a_node_offers():
     inventory = Inventory.build([cls], nodes)
     assert inventory.total_devices == {"big": 8 + 7 + 3 + 8}
     assert inventory.devices_per_pod == {"big": 3}  # a worker pod that fits on every Node of the class
+
+
+def test_reserving_on_a_built_inventory_equals_building_with_the_reservations():
+    from tessera.api import PowerBudget
+
+    classes = [hardware_class("gpu-a"), hardware_class("cpu", resource=None)]
+    nodes = [node("a0", {"tessera.dev/hardware-class": "gpu-a"}, {"nvidia.com/gpu": "8"}),
+             node("c0", {"tessera.dev/hardware-class": "cpu"}, {"cpu": "96"})]
+    budgets = [PowerBudget.model_validate({"metadata": {"name": "rows"},
+                                           "spec": {"provisionedWatts": 4000, "oversubscriptionPercent": 25}})]
+    reserved = ({"gpu-a": 3}, {"rows": 500.0})
+    assert Inventory.build(classes, nodes, budgets).with_reserved(*reserved) == Inventory.build(
+        classes, nodes, budgets, reserved_devices=reserved[0], reserved_watts=reserved[1])
