@@ -29,7 +29,8 @@ RUN pip wheel --no-deps --wheel-dir /wheels /src
 # The operator: kopf handlers, the planner, /metrics on 9090, kopf's liveness on 8080, the webhook on 9443.
 FROM base AS operator
 COPY --from=wheel /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
+# The power extra (nvidia-ml-py): the chart runs the node power agent from this image too.
+RUN whl=$(ls /wheels/*.whl) && pip install "${whl}[power]" && rm -rf /wheels
 USER 10001:10001
 EXPOSE 8080 9090 9443
 ENTRYPOINT ["kopf", "run", "-m", "tessera.operator.main"]

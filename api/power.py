@@ -61,6 +61,13 @@ class PowerBudgetSpec(WireModel):
         return self.provisioned_watts * (1 + self.oversubscription_percent / 100)
 
 
+class DeviceCap(WireModel):
+    """A power limit the controller decided for one device; the node's agent applies it."""
+
+    device: str = Field(description="node/index, e.g. gpu-node-3/0.")
+    watts: float = Field(gt=0)
+
+
 class PowerBudgetStatus(WireModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, description="Valid and WithinBudget.")
@@ -68,9 +75,7 @@ class PowerBudgetStatus(WireModel):
     peak_watts: float = 0
     draw_watts: float | None = Field(default=None, description="The group's draw at the last reading (agents).")
     cap_level: str | None = Field(default=None, description="none, low (above T1) or all (above T2).")
-    caps: dict[str, float] = Field(
-        default_factory=dict, description="Power limits in force, watts by device (node/index).",
-    )
+    caps: list[DeviceCap] = Field(default_factory=list, description="Power limits in force, least urgent first.")
     last_over_budget_time: str | None = Field(
         default=None, description="When the group last drew more than provisionedWatts (RFC 3339).",
     )
@@ -98,7 +103,7 @@ class NodePowerReadings(WireModel):
 
 
 def device_key(node: str, index: int) -> str:
-    """How a device is named in PowerBudget status.caps."""
+    """How a device is named in PowerBudget status.caps (DeviceCap.device)."""
     return f"{node}/{index}"
 
 

@@ -8,6 +8,8 @@ RBAC the operator needs (the Helm chart's ClusterRole must grant exactly these):
                  modelprofiles                  get, list, watch
   ray.io         rayservices                    get, list, watch, create, patch, delete
   ""             nodes                          get, list, watch
+  ""             pods                           get, list, watch     (the power controller: worker pods'
+                                                                      nodes, the power agents' addresses)
   ""             namespaces                     get, list, watch     (kopf: namespace discovery)
   tessera.dev    hardwareclasses/status, powerbudgets/status,
                  modelprofiles/status           get, patch           (the Valid and WithinBudget conditions)

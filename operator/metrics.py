@@ -37,6 +37,13 @@ class OperatorMetrics:
         self.solve_seconds = _make(catalogue.OPERATOR_PLAN_SOLVE_SECONDS, registry)
         self.budget_provisioned = _make(catalogue.POWER_BUDGET_PROVISIONED_WATTS, registry)
         self.budget_planned = _make(catalogue.POWER_BUDGET_PLANNED_WATTS, registry)
+        self.budget_oversubscribed = _make(catalogue.POWER_BUDGET_OVERSUBSCRIBED_WATTS, registry)
+        self.budget_max_over_seconds = _make(catalogue.POWER_BUDGET_MAX_OVER_SECONDS, registry)
+        self.group_watts = _make(catalogue.POWER_GROUP_WATTS, registry)
+        self.group_over_seconds = _make(catalogue.POWER_GROUP_OVER_SECONDS, registry)
+        self.group_cap_level = _make(catalogue.POWER_GROUP_CAP_LEVEL, registry)
+        self.group_capped_devices = _make(catalogue.POWER_GROUP_CAPPED_DEVICES, registry)
+        self.cap_changes = _make(catalogue.POWER_CAP_CHANGES, registry)
         self._phases: dict[str, str] = {}
         self._budgets: set[str] = set()
 
@@ -83,6 +90,24 @@ class OperatorMetrics:
             for gauge in (self.budget_provisioned, self.budget_planned):
                 _remove(gauge, {"budget": name})
         self._budgets = set(provisioned)
+
+    def power_group(self, budget: str, oversubscribed_watts: float, max_over_seconds: float, draw: float,
+                    level: int, capped: int, over_seconds: float) -> None:
+        """A PowerBudget group's live figures (the power controller's tick)."""
+        self.budget_oversubscribed.labels(budget=budget).set(oversubscribed_watts)
+        self.budget_max_over_seconds.labels(budget=budget).set(max_over_seconds)
+        self.group_watts.labels(budget=budget).set(draw)
+        self.group_over_seconds.labels(budget=budget).set(over_seconds)
+        self.group_cap_level.labels(budget=budget).set(int(level))
+        self.group_capped_devices.labels(budget=budget).set(capped)
+
+    def power_cap_changed(self, budget: str, direction: str) -> None:
+        self.cap_changes.labels(budget=budget, direction=direction).inc()
+
+    def power_group_gone(self, budget: str) -> None:
+        for gauge in (self.budget_oversubscribed, self.budget_max_over_seconds, self.group_watts,
+                      self.group_over_seconds, self.group_cap_level, self.group_capped_devices):
+            _remove(gauge, {"budget": budget})
 
     def _publish_phases(self) -> None:
         counts = Tally(self._phases.values())

@@ -323,7 +323,8 @@ def leaf_keys(values: dict, prefix: str = "") -> list[str]:
 
 
 # Values that pass through as Kubernetes fields: their inner keys are Kubernetes', not the chart's.
-FREE_FORM_VALUES = {"resources", "podSecurityContext", "securityContext", "workerPodMonitor.podSelector"}
+FREE_FORM_VALUES = {"resources", "podSecurityContext", "securityContext", "workerPodMonitor.podSelector",
+                    "powerAgent.resources"}
 
 
 def test_every_value_is_documented_in_values_yaml_and_in_the_schema():

@@ -3,7 +3,7 @@
 Every ``--interval`` seconds it reads each device's draw and limit through the vendor's reader,
 exports them as Prometheus metrics, and serves them as one ``NodePowerReadings`` on /readings (the
 operator's power controller reads that). It applies the limits the controller decided, which the
-controller publishes in each PowerBudget's ``status.caps`` ("node/index" -> watts): the agent only
+controller publishes in each PowerBudget's ``status.caps`` (device "node/index", watts): the agent only
 reads PowerBudgets, so its ServiceAccount needs nothing but get/list on them (docs/power.md). A
 device the agent capped and no budget caps any more goes back to its default limit; a device the
 agent never capped is never written.
@@ -38,10 +38,11 @@ def desired_limits(budgets: Iterable[Mapping[str, Any]], node: str) -> dict[int,
     out: dict[int, float] = {}
     prefix = device_key(node, 0)[:-1]
     for budget in budgets:
-        for key, watts in ((budget.get("status") or {}).get("caps") or {}).items():
+        for cap in (budget.get("status") or {}).get("caps") or []:
+            key = str(cap.get("device", ""))
             if key.startswith(prefix) and key[len(prefix):].isdigit():
                 index = int(key[len(prefix):])
-                out[index] = min(float(watts), out.get(index, float("inf")))
+                out[index] = min(float(cap["watts"]), out.get(index, float("inf")))
     return out
 
 

@@ -34,6 +34,7 @@ import aiohttp.web
 import aiohttp.web_runner
 import aiohttp.web_server
 import attrs
+import jsonpatch
 import kmock
 import yaml
 from kmock._internal import dicts as kmock_dicts  # merge/JSON patches exactly as the emulator applies them
@@ -123,7 +124,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
         elif action == kmock.action.UPDATE and request.name is not None and request.data is not None:
-            self._prepare_update(request)
+            conflict = self._prepare_update(request)
+            if conflict is not None:
+                return conflict
         deleted_uid = self._uid_of(request) if action == kmock.action.DELETE else None
         response = await super()._handle(request)
         if deleted_uid and self._is_gone(request):
@@ -141,13 +144,17 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _is_gone(self, request: kmock.Request) -> bool:
         return self._stored(request) is None
 
-    def _prepare_update(self, request: kmock.Request) -> None:
+    def _prepare_update(self, request: kmock.Request) -> aiohttp.web.Response | None:
         """Rewrite a patch the way the API server applies it: subresource split, generation, resourceVersion."""
         obj = self._stored(request)
         if obj is None:
-            return  # the emulator answers 404
+            return None  # the emulator answers 404
         old = obj.raw
-        new = copy.deepcopy(dict(kmock_dicts.patch_dict(old, request.data)))
+        try:
+            new = copy.deepcopy(dict(kmock_dicts.patch_dict(old, request.data)))
+        except jsonpatch.JsonPatchTestFailed as err:  # a stale resourceVersion: the API server answers 422
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                              "reason": "Invalid", "code": 422, "message": str(err)}, status=422)
         if request.resource in self._with_status:
             if request.subresource == "status":  # only the status changes through /status
                 new = {**old, "status": new.get("status")}

@@ -68,7 +68,7 @@ def reading(index, limit=700.0, default=700.0) -> DeviceReading:
 
 
 def budget(caps: dict[str, float]) -> dict:
-    return {"metadata": {"name": "row"}, "status": {"caps": caps}}
+    return {"metadata": {"name": "row"}, "status": {"caps": [{"device": d, "watts": w} for d, w in caps.items()]}}
 
 
 def test_the_nvml_reader_reports_watts():
