@@ -8,7 +8,8 @@ The one documented signature (docs/runtime.md)::
 The return value is the stage's output: anything JSON can carry. It reaches the stages that depend
 on this one as ``ctx.outputs[<this stage's name>]`` (a list, one item per call, when this stage fans
 out) and the templates as ``outputs.<name>``. Raising fails the call; the runtime retries it up to
-the stage's ``retries`` and then fails the request with an error naming the stage.
+the stage's ``retries`` and then fails the request with an error naming the stage and the exception
+(raise :class:`StageError` when the message says everything).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tessera.api.workflow import GenerationOptions
+
+
+class StageError(RuntimeError):
+    """A call that failed for a reason its message says in full (the runtime reports it without a class name)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ their handles; the unit tests give it local functions. Semantics (docs/runtime.m
 - ``fanOut: n`` makes n parallel calls (``ctx.fan_index``); the output is the list of their outputs;
 - ``iterations: n`` makes n sequential rounds (``ctx.iteration``, ``ctx.previous``); the output is
   the last round's;
-- each call is limited to ``timeoutSeconds`` and retried up to ``retries`` times;
+- each call is retried up to ``retries`` times (the replica limits it to ``timeoutSeconds`` once it
+  runs: stages.py; the request's deadline bounds the time it waits in a queue);
 - a stage that still fails fails the request with an error naming the stage and the reason; the
   stages still running for it are cancelled; other requests are unaffected;
 - a stage is not started once the request's deadline has passed;
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 from tessera.api.serve import StageResult, WorkflowAppArgs, WorkflowRequest, WorkflowResponse
 from tessera.api.workflow import Stage
+from tessera.workers.runtime.context import StageError
 
 TokenSink = Callable[[str], Awaitable[None]]
 
@@ -53,13 +55,13 @@ class StageFailed(Exception):
 
 def describe(error: BaseException) -> str:
     """One line saying what went wrong in a call (no traceback: the client reads it)."""
-    if isinstance(error, asyncio.TimeoutError):
-        return "timed out"
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    # Ray wraps a replica's exception; its own class name is what the user recognises.
+    # Ray wraps a replica's exception; the exception itself is what the user recognises.
     cause = getattr(error, "cause", None)
     if cause is not None and cause is not error:
         return describe(cause)
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, StageError):
+        return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -246,14 +248,8 @@ class WorkflowExecutor:
                 raise StageFailed(stage.name, f"{late} (last attempt: {reason})" if attempts[0] else late, attempts[0])
             attempts[0] += 1
             try:
-                return await asyncio.wait_for(
-                    self.invoke(stage.name, call, self.sched(state, stage, iteration), on_token),
-                    stage.timeout_seconds)
-            except asyncio.CancelledError:
-                raise
+                return await self.invoke(stage.name, call, self.sched(state, stage, iteration), on_token)
             except Exception as error:  # any failure of the call is retried, then names the stage
                 reason = describe(error)
-                if isinstance(error, asyncio.TimeoutError):
-                    reason = f"timed out after {stage.timeout_seconds:g} s"
         suffix = f" (after {attempts[0]} attempts)" if stage.retries else ""
         raise StageFailed(stage.name, reason + suffix, attempts[0])

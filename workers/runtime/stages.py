@@ -28,14 +28,10 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from tessera.api.workflow import Stage, StageKind
-from tessera.workers.runtime.context import LLMClient, StageContext
+from tessera.workers.runtime.context import LLMClient, StageContext, StageError
 
 TokenSink = Callable[[str], Awaitable[None]]
 _TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-
-
-class StageError(RuntimeError):
-    """A call that cannot run as the stage says (a template that fails to render, a refused query, ...)."""
 
 
 def load_implementation(path: str) -> Callable[[StageContext], Any]:
@@ -105,8 +101,15 @@ class StageWorker:
         return StageContext(**call, llm=self.llm)
 
     async def run(self, call: dict[str, Any], on_token: TokenSink | None = None) -> Any:
-        """One call; ``call`` holds the StageContext fields. Raises on failure (the ingress retries)."""
-        return await self.run_kind(self.context(call), on_token)
+        """One call, limited to the stage's ``timeoutSeconds``; ``call`` holds the StageContext fields.
+
+        Raises on failure (the ingress retries). A synchronous implementation that overruns keeps its
+        worker thread until it returns (Python cannot stop a thread); its result is dropped.
+        """
+        try:
+            return await asyncio.wait_for(self.run_kind(self.context(call), on_token), self.stage.timeout_seconds)
+        except asyncio.TimeoutError:
+            raise StageError(f"timed out after {self.stage.timeout_seconds:g} s") from None
 
     async def _run_implementation(self, ctx: StageContext, on_token: TokenSink | None) -> Any:
         if inspect.iscoroutinefunction(self.implementation):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from tessera.api.serve import StageDeployment, WorkflowAppArgs
@@ -55,3 +59,29 @@ class Recorder:
 def default_output(call: dict) -> Any:
     """The stage's name and what it got from its dependencies, so a test can see the data flow."""
     return {"stage": call["stage"], "from": sorted(call["outputs"])}
+
+
+@contextlib.contextmanager
+def http_endpoint(answer: Callable[[str, dict, dict], tuple[int, Any]]):
+    """A real local HTTP server: ``answer(path, headers, json_body) -> (status, json_answer)`` per POST.
+
+    Yields its base URL; calls are served concurrently, each on its own thread.
+    """
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status, payload = answer(self.path, dict(self.headers), body)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(payload).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()

@@ -10,6 +10,7 @@ import pytest
 from .factories import Recorder, app_args, stage
 from tessera.api.serve import WorkflowRequest
 from tessera.workers.runtime.executor import WorkflowExecutor
+from tessera.workers.runtime.stages import StageWorker
 
 
 def run(executor: WorkflowExecutor, **request) -> object:
@@ -68,9 +69,15 @@ def test_iterations_run_in_sequence_and_each_sees_the_previous_output():
 
 
 def test_a_call_over_its_timeout_is_retried_then_fails_the_request_naming_the_stage():
-    args = app_args(stage("slow", timeoutSeconds=0.1, retries=2), stage("after", ("slow",)))
-    recorder = Recorder(delay_s={"slow": 1.0})
+    # The stage's own worker limits each call (as in a replica); the executor retries it.
+    slow = stage("slow", implementation="tessera.workers.runtime.bench:work", params={"ms": 1000},
+                 timeoutSeconds=0.1, retries=2)
+    args = app_args(slow, stage("after", ("slow",)))
+    worker = StageWorker(args.spec.stages[0])
+    recorder = Recorder({"slow": worker.run})
+    started = time.monotonic()
     response = run(WorkflowExecutor(args, recorder))
+    assert time.monotonic() - started < 0.8  # three attempts of 0.1 s, not of 1 s
     assert len(recorder.of("slow")) == 3
     assert not recorder.of("after")
     assert response.error == "stage 'slow' failed: timed out after 0.1 s (after 3 attempts)"

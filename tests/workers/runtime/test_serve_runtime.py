@@ -2,46 +2,29 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from .factories import app_args, stage
+from .factories import app_args, http_endpoint, stage
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture
 def slow_endpoint():
-    """An HTTP tool that takes 0.25 s per call and records the order calls arrive in."""
+    """An HTTP tool that takes 0.25 s per call, fails for "boom", and records the order calls arrive in."""
     order: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            order.append(body["name"])
-            time.sleep(0.25)
-            if body["name"] == "boom":
-                self.send_response(500)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(json.dumps({"done": body["name"]}).encode())
+    def answer(path, headers, body):
+        order.append(body["name"])
+        time.sleep(0.25)
+        return (500, {}) if body["name"] == "boom" else (200, {"done": body["name"]})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/call", order
-    server.shutdown()
+    with http_endpoint(answer) as base:
+        yield base + "/call", order
 
 
 def serve_workflow(args, name: str):
@@ -71,7 +54,7 @@ def test_http_requests_run_the_dag_and_errors_name_the_field_or_the_stage(serve_
         bad = httpx.post(route, json={"input": "x", "deadlineMs": -1}, timeout=30)
         assert bad.status_code == 400 and bad.json() == {"error": "deadlineMs: Input should be greater than 0"}
         failed = httpx.post(route, json={"input": "boom"}, timeout=30).json()
-        assert failed["error"] == "stage 'tool' failed: StageError: POST " + url + " answered HTTP 500"
+        assert failed["error"] == "stage 'tool' failed: POST " + url + " answered HTTP 500"
         again = httpx.post(route, json={"input": "second"}, timeout=30).json()
         assert again["output"] == {"done": "second"}  # the failure did not affect the next request
     finally:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -14,9 +12,10 @@ from tessera.api.serve import WorkflowAppArgs
 from tessera.api.workflow import GenerationOptions, Stage
 from tessera.workers.runtime.app import AppArgsError, Ingress, RequestError, RuntimeOptions, parse_app_args
 from tessera.workers.runtime.context import Completion
-from tessera.workers.runtime.stages import StageError, StageWorker
+from tessera.workers.runtime.context import StageError
+from tessera.workers.runtime.stages import StageWorker
 
-from .factories import app_args, stage
+from .factories import app_args, http_endpoint, stage
 
 
 def call(**fields):
@@ -81,30 +80,19 @@ def test_a_sql_stage_runs_its_rendered_query_read_only(tmp_path):
 
 
 @pytest.fixture
-def http_endpoint():
+def recording_endpoint():
     received = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, self.headers.get("X-Key"), json.loads(body)))
-            status = 500 if self.path == "/fail" else 200
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(json.dumps({"ok": status == 200}).encode())
+    def answer(path, headers, body):
+        received.append((path, headers.get("X-Key"), body))
+        return (500, {"ok": False}) if path == "/fail" else (200, {"ok": True})
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", received
-    server.shutdown()
+    with http_endpoint(answer) as base:
+        yield base, received
 
 
-def test_a_tool_stage_calls_its_http_endpoint_with_rendered_url_headers_and_body(http_endpoint):
-    base, received = http_endpoint
+def test_a_tool_stage_calls_its_http_endpoint_with_rendered_url_headers_and_body(recording_endpoint):
+    base, received = recording_endpoint
     spec = Stage.model_validate({"name": "t", "kind": "tool", "measuredLatencyMs": 1, "timeoutSeconds": 5, "tool": {"http": {
         "url": base + "/{{ params.path }}", "headers": {"X-Key": "{{ params.key }}"},
         "body": '{"question": {{ input | tojson }}}'}}, "params": {"path": "tickets", "key": "k1"}})
