@@ -90,3 +90,22 @@ def test_without_peering_the_operator_says_what_it_waits_for(cluster, tmp_path):
         finally:
             process.terminate()
             process.wait(30)
+
+
+def test_the_images_command_runs_under_kopfs_own_runner(cluster, monkeypatch):
+    """`kopf run -m tessera.operator.main` as the image runs it (liveness and /metrics both on), settings from
+    TESSERA_* variables, through kopf's test runner."""
+    from kopf.testing import KopfRunner
+
+    liveness, metrics = free_port(), free_port()
+    monkeypatch.setenv("TESSERA_KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("TESSERA_METRICS_PORT", str(metrics))
+    args = ["run", "-m", "tessera.operator.main", "--all-namespaces", "--standalone",
+            f"--liveness=http://127.0.0.1:{liveness}/healthz"]
+    with KopfRunner(args, timeout=60) as runner:
+        cluster.create(workflow("qa"))
+        wait_status(cluster, "qa", deployed_phase, timeout=60)
+        assert wait_for(lambda: http("GET", f"http://127.0.0.1:{liveness}/healthz"), 30, what="/healthz")
+        assert "tessera_operator_reconciles_total" in wait_for(
+            lambda: http("GET", f"http://127.0.0.1:{metrics}/metrics"), 30, what="/metrics")
+    assert runner.exit_code == 0 and runner.exception is None
