@@ -143,7 +143,7 @@ class Ingress:
     def __init__(self, args: WorkflowAppArgs, options: RuntimeOptions, stages: dict[str, Any]):
         self.args, self.options, self.stages = args, options, stages
         self.executor = WorkflowExecutor(args, self.invoke)
-        self.in_flight = 0
+        self.in_flight = 0  # requests the ingress holds now; past options.max_queued_requests it refuses more
         self.workflow = args.workflow
 
     async def invoke(self, stage: str, call: dict, sched: dict, on_token: TokenSink | None = None) -> Any:
@@ -163,14 +163,19 @@ class Ingress:
 
     async def run(self, request: WorkflowRequest, on_token: TokenSink | None = None) -> WorkflowResponse:
         """One request through the DAG, within the ingress's request timeout; metrics recorded."""
+        if self.in_flight >= self.options.max_queued_requests:
+            raise RequestError(503, f"busy: {self.in_flight} requests in flight (maxQueuedRequests)")
         state = self.executor.new_request(request)
         error = None
+        self.in_flight += 1
         try:
             await asyncio.wait_for(self.executor.run_state(state, on_token), self.timeout_s(request))
         except asyncio.TimeoutError:
             error = f"request timed out after {self.timeout_s(request):g} s"
         except Exception as failed:  # StageFailed
             error = str(failed)
+        finally:
+            self.in_flight -= 1
         response = self.executor.response(state, error)
         self.observe(response)
         return response
@@ -220,7 +225,10 @@ class WorkflowIngress(Ingress):
             request = WorkflowRequest.model_validate(body)
         except ValidationError as err:
             raise ValueError(first_problem(err, "")) from None
-        return (await self.run(request)).to_wire()
+        try:
+            return (await self.run(request)).to_wire()
+        except RequestError as err:
+            raise RuntimeError(str(err)) from None
 
     async def __call__(self, http_request) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
@@ -229,18 +237,13 @@ class WorkflowIngress(Ingress):
             return JSONResponse({"error": "method: POST a JSON WorkflowRequest"}, status_code=405)
         try:
             request = self.parse(await http_request.body())
+            if request.stream:
+                if self.in_flight >= self.options.max_queued_requests:  # checked before the stream starts
+                    raise RequestError(503, f"busy: {self.in_flight} requests in flight (maxQueuedRequests)")
+                return StreamingResponse(self.events(request), media_type="text/event-stream")
+            return JSONResponse((await self.run(request)).to_wire(), status_code=200)
         except RequestError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
-        if self.in_flight >= self.options.max_queued_requests:
-            return JSONResponse({"error": f"busy: {self.in_flight} requests in flight"}, status_code=503)
-        if request.stream:
-            return StreamingResponse(self.events(request), media_type="text/event-stream")
-        self.in_flight += 1
-        try:
-            response = await self.run(request)
-        finally:
-            self.in_flight -= 1
-        return JSONResponse(response.to_wire(), status_code=200)
 
     async def events(self, request: WorkflowRequest):
         """Server-sent events: ``token`` events of the final llm stage, then one ``result`` event."""
@@ -249,7 +252,6 @@ class WorkflowIngress(Ingress):
         async def on_token(piece: str) -> None:
             tokens.put_nowait(piece)
 
-        self.in_flight += 1
         task = asyncio.create_task(self.run(request, on_token))
         try:
             while not task.done() or not tokens.empty():
@@ -262,7 +264,6 @@ class WorkflowIngress(Ingress):
             yield f"event: result\ndata: {json.dumps(task.result().to_wire())}\n\n"
         finally:
             task.cancel()
-            self.in_flight -= 1
 
 
 def build_app(args: dict[str, Any] | None = None):

@@ -8,14 +8,14 @@ import sqlite3
 
 import pytest
 
-from tessera.api.serve import WorkflowAppArgs
+from tessera.api.serve import WorkflowAppArgs, WorkflowRequest
 from tessera.api.workflow import GenerationOptions, Stage
 from tessera.workers.runtime.app import AppArgsError, Ingress, RequestError, RuntimeOptions, parse_app_args
 from tessera.workers.runtime.context import Completion
 from tessera.workers.runtime.context import StageError
 from tessera.workers.runtime.stages import StageWorker
 
-from .factories import app_args, http_endpoint, stage
+from .factories import Recorder, app_args, http_endpoint, stage
 
 
 def call(**fields):
@@ -156,3 +156,22 @@ def test_a_good_body_parses_with_defaults():
     request = Ingress(app_args(stage("a")), RuntimeOptions(), {}).parse(b'{"input": {"q": 1}, "priority": 2}')
     assert request.input == {"q": 1} and request.priority == 2 and request.deadline_ms is None
     assert isinstance(app_args(stage("a")), WorkflowAppArgs)
+
+
+def test_the_ingress_refuses_past_its_queue_limit_and_times_requests_out():
+    recorder = Recorder(delay_s={"a": 0.5})
+
+    class LocalIngress(Ingress):
+        async def invoke(self, stage, call, sched, on_token=None):
+            return await recorder(stage, call, sched, on_token)
+
+    ingress = LocalIngress(app_args(stage("a")), RuntimeOptions(max_queued_requests=1, request_timeout_s=0.2), {})
+
+    async def two_at_once():
+        return await asyncio.gather(ingress.run(WorkflowRequest(input=1)), ingress.run(WorkflowRequest(input=2)),
+                                    return_exceptions=True)
+
+    first, second = asyncio.run(two_at_once())
+    assert first.error == "request timed out after 0.2 s" and first.latency_ms < 400
+    assert isinstance(second, RequestError) and second.status == 503 and "maxQueuedRequests" in str(second)
+    assert ingress.in_flight == 0
