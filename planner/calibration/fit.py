@@ -118,6 +118,65 @@ def fit(measured: dict, base: cost.CostParameters = cost.DEFAULT) -> cost.CostPa
     return best[1]
 
 
+# NVIDIA H200 SXM 141GB spec sheet (examples/inventory/hardware-classes.yaml): the engine-style loop ran on one.
+H200_SXM = H100_SXM.model_copy(update={"generation": "H200-SXM-141GB", "memory_gi_b": 141, "memory_bandwidth_g_bps": 4800})
+FIT_ON, HELD_OUT = "llama-8b", "llama-3b"  # the engine profile is fitted on the 8B loop; the 3B loop checks it
+
+
+def engine_rows(measured: dict, params: cost.CostParameters, hw: HardwareClassSpec = H200_SXM) -> list[dict]:
+    """Decode steps of whole models replayed as CUDA graphs (``tessera.workers.power.measure``): measured
+    and predicted seconds and board watts, per model, batch and context."""
+    out = []
+    for m in measured["models"]:
+        model = ModelProfileSpec(
+            parameters_billions=m["params"] / 1e9, layers=m["layers"], hidden_size=m["hidden"],
+            attention_heads=m["heads"], kv_heads=m["kv_heads"], dtype=Dtype.bf16, context_length=131072)
+        for d in m["decode"]:
+            seconds = cost.decode_step_seconds(model, hw, d["batch"], d["context"], 1, params=params)
+            share = cost.decode_compute_share(model, hw, d["batch"], d["context"], 1, params)
+            out.append({"shape": m["shape"], "case": f"batch {d['batch']}, context {d['context']}",
+                        "measured_s": d["seconds"], "predicted_s": seconds, "error": seconds / d["seconds"] - 1,
+                        "measured_w": d["power"]["median_watts"], "predicted_w": cost.busy_watts(hw, share, params),
+                        "eager_s": d["eager_seconds"]})
+    for row in out:
+        row["power_error"] = row["predicted_w"] / row["measured_w"] - 1
+    return out
+
+
+def engine_errors(table: list[dict], shape: str) -> tuple[float, float]:
+    """Median |error| of step time and of watts on one model's rows."""
+    rows_ = [r for r in table if r["shape"] == shape]
+    return statistics.median(abs(r["error"]) for r in rows_), statistics.median(abs(r["power_error"]) for r in rows_)
+
+
+def fit_engine(measured: dict, base: cost.CostParameters = cost.DEFAULT) -> cost.CostParameters:
+    """Decode factors, then the power model, each minimizing the mean |error| on the FIT_ON model only."""
+    def score(params: cost.CostParameters, key: str) -> float:
+        return statistics.fmean(abs(r[key]) for r in engine_rows(measured, params) if r["shape"] == FIT_ON)
+
+    best = min(
+        (replace(base, efficiency=replace(base.efficiency, decode_bandwidth=bw, decode_compute=comp, layer_overhead_s=o))
+         for bw, comp, o in product(_grid(0.4, 1.0, 0.02), _grid(0.2, 1.0, 0.05), _grid(0, 100e-6, 5e-6))),
+        key=lambda p: score(p, "error"))
+    return min(
+        (replace(best, power=replace(best.power, memory_bound_dynamic=floor, compute_exponent=exponent))
+         for floor, exponent in product(_grid(0.0, 0.9, 0.02), _grid(0.25, 3.0, 0.25))),
+        key=lambda p: score(p, "power_error"))
+
+
+def render_engine(table: list[dict]) -> str:
+    lines = [f"{'shape':9} {'case':24} {'measured':>9} {'predicted':>9} {'error':>7} {'eager':>9} "
+             f"{'watts':>6} {'pred. W':>7} {'error':>7}"]
+    for r in table:
+        lines.append(f"{r['shape']:9} {r['case']:24} {r['measured_s'] * 1e3:7.2f}ms {r['predicted_s'] * 1e3:7.2f}ms "
+                     f"{r['error']:+7.1%} {r['eager_s'] * 1e3:7.2f}ms {r['measured_w']:6.0f} {r['predicted_w']:7.0f} "
+                     f"{r['power_error']:+7.1%}")
+    for shape in (FIT_ON, HELD_OUT):
+        step, watts = engine_errors(table, shape)
+        lines.append(f"median |error| {shape}{' (held out)' if shape == HELD_OUT else ''}: step {step:.1%}, watts {watts:.1%}")
+    return "\n".join(lines)
+
+
 def render(table: list[dict]) -> str:
     lines = [f"{'phase':8} {'shape':10} {'case':28} {'measured':>11} {'predicted':>11} {'error':>8}"]
     for r in table:
@@ -135,10 +194,14 @@ def render_power(table: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare the cost model with GPU measurements and fit its factors.")
-    parser.add_argument("measurements", help="JSON written by measure.py")
+    parser.add_argument("measurements", help="JSON written by measure.py (or by tessera.workers.power.measure, with --engine)")
+    parser.add_argument("--engine", action="store_true",
+                        help="fit the CUDA-graph engine profile to whole-model decode loops (H200, with NVML watts)")
     args = parser.parse_args(argv)
     with open(args.measurements) as fh:
         measured = json.load(fh)
+    if args.engine:
+        return engine_main(measured)
     print(f"device: {measured['device']}, torch {measured['torch']}")
     for m in measured["matmul"]:
         print(f"matmul {m['m']}x{m['k']}x{m['n']}: {m['tflops']:.0f} TFLOP/s "
@@ -157,6 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nfitted: prefill_compute={e.prefill_compute:g} decode_bandwidth={e.decode_bandwidth:g} "
           f"decode_compute={e.decode_compute:g} layer_overhead_s={e.layer_overhead_s:g} "
           f"memory_bound_dynamic={p.memory_bound_dynamic:g} compute_exponent={p.compute_exponent:g}")
+    return 0
+
+
+def engine_main(measured: dict) -> int:
+    print(f"device: {measured['device']}, torch {measured['torch']}, {measured['date']}")
+    for name, profile in cost.ENGINE_PROFILES.items():
+        print(f"\nwith the {name.value} profile:")
+        print(render_engine(engine_rows(measured, profile)))
+    fitted = fit_engine(measured)
+    print("\nwith the fitted factors:")
+    print(render_engine(engine_rows(measured, fitted)))
+    e, p = fitted.efficiency, fitted.power
+    print(f"\nfitted: decode_bandwidth={e.decode_bandwidth:g} decode_compute={e.decode_compute:g} "
+          f"layer_overhead_s={e.layer_overhead_s:g} memory_bound_dynamic={p.memory_bound_dynamic:g} "
+          f"compute_exponent={p.compute_exponent:g}")
     return 0
 
 

@@ -57,12 +57,20 @@ def run_operator(port: int, plans_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))  # run as a script: add the dev harness
     from tessera.operator.metrics import serve
     from tessera_devtools import EXAMPLES, EmulatedCluster, OperatorRun
+    from prometheus_client import REGISTRY
+    from tessera_devtools.power import AgentThread, FakeNvml
 
     api = ("tessera.dev/v1alpha1", "agentworkflows")
     with EmulatedCluster(nodes=EmulatedCluster.example_nodes()) as cluster:
         cluster.apply_files(EXAMPLES / "inventory", EXAMPLES / "workflows")
         with OperatorRun(cluster):
             serve(port)  # what the operator's start-up does with TESSERA_METRICS_PORT
+            # A power agent on one H100 node, drawing above T1 of a small budget: the controller caps it. Its
+            # metrics go to the operator's port here (in a cluster, Prometheus scrapes each agent pod).
+            AgentThread(cluster, "h100-sxm-node-0", FakeNvml([450, 450]), interval=1.0, registry=REGISTRY)
+            cluster.create({"apiVersion": "tessera.dev/v1alpha1", "kind": "PowerBudget", "metadata": {"name": "rack-a"},
+                            "spec": {"hardwareClasses": ["h100-sxm"], "provisionedWatts": 1000,
+                                     "nodeSelector": {"kubernetes.io/hostname": "h100-sxm-node-0"}}})
             deadline = time.monotonic() + PLANS_TIMEOUT_SECONDS
             while True:
                 workflows = cluster.list(*api)

@@ -3,9 +3,6 @@ oversubscribed PowerBudget with real node agents (over a fake NVML) reading and 
 
 from __future__ import annotations
 
-import threading
-from datetime import datetime, timezone
-
 import pytest
 
 from tessera.api import HardwareClass, PowerBudget
@@ -13,9 +10,8 @@ from tessera.api.power import DevicePower, NodePowerReadings
 from tessera.operator.metrics import operator_metrics
 from tessera.operator.power import GroupState, group_devices, in_group, node_priorities, status_patch, step
 from tessera.planner.capping import Controller, Level, Thresholds
-from tessera.workers.power.agent import Agent, serve
-from tessera.workers.power.readers import NvmlReader
 from tessera_devtools import wait_for
+from tessera_devtools.power import AgentThread, FakeNvml
 
 from .conftest import API, workflow
 
@@ -71,74 +67,20 @@ def test_one_tick_caps_the_low_priority_node_first_and_writes_the_status():
     assert state.last_over == "1970-01-01T00:00:01+00:00"
 
 
-class FakeGpus:
-    """Two devices whose draw the test sets; a limit below the draw holds the draw at the limit (as a cap does)."""
-
-    def __init__(self, watts: float):
-        self.uncapped = [watts, watts]
-        self.limits = [700_000, 700_000]
-        self.set_calls: list[tuple[int, int]] = []
-
-    def __getattr__(self, name):  # the NVML calls the reader makes
-        i = lambda h: int(h)  # noqa: E731
-        return {
-            "nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetCount": lambda: 2,
-            "nvmlDeviceGetHandleByIndex": lambda n: str(n),
-            "nvmlDeviceGetPowerUsage": lambda h: min(self.uncapped[i(h)] * 1000, self.limits[i(h)]),
-            "nvmlDeviceGetEnforcedPowerLimit": lambda h: self.limits[i(h)],
-            "nvmlDeviceGetPowerManagementLimitConstraints": lambda h: (200_000, 700_000),
-            "nvmlDeviceGetPowerManagementDefaultLimit": lambda h: 700_000,
-            "nvmlDeviceGetUUID": lambda h: f"GPU-{h}", "nvmlDeviceGetName": lambda h: "H100",
-            "nvmlDeviceSetPowerManagementLimit": self._set,
-        }[name]
-
-    def _set(self, handle, mw):
-        self.set_calls.append((int(handle), mw))
-        self.limits[int(handle)] = mw
-
-
-class AgentThread:
-    """A real node agent (HTTP server and tick loop) for one emulated node."""
-
-    def __init__(self, cluster, node: str, gpus: FakeGpus):
-        self.agent = Agent(node, NvmlReader(gpus), lambda: cluster.list(API, "powerbudgets"))
-        self.server = serve(self.agent, 0)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.agent.tick(datetime.now(timezone.utc))
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    def _run(self):
-        while not self.stop.wait(0.2):
-            self.agent.tick(datetime.now(timezone.utc))
-
-    def close(self):
-        self.stop.set()
-        self.thread.join()
-        self.server.shutdown()
-
-
-def pod(name: str, node: str, labels: dict, ports=()) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "ports": list(ports)}]},
-            "status": {"podIP": "127.0.0.1"}}
+def worker_pod(name: str, node: str, workflow_name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"tessera.dev/workflow": workflow_name}},
+            "spec": {"nodeName": node, "containers": [{"name": "ray-worker", "image": "tessera"}]}}
 
 
 def test_an_oversubscribed_budget_is_held_by_caps_on_the_least_urgent_node_first(cluster, operator):
-    high, low = FakeGpus(450), FakeGpus(450)  # 1,800 W: above T1 (1,700 W), below T2 (1,900 W)
-    agents = {HIGH_NODE: AgentThread(cluster, HIGH_NODE, high), LOW_NODE: AgentThread(cluster, LOW_NODE, low)}
+    high, low = FakeNvml([450, 450]), FakeNvml([450, 450])  # 1,800 W: above T1 (1,700 W), below T2 (1,900 W)
+    agents = [AgentThread(cluster, HIGH_NODE, high), AgentThread(cluster, LOW_NODE, low)]
     try:
         cluster.create(workflow("chat", priority=5))
         cluster.create(workflow("batch", priority=0))
-        cluster.create(pod("chat-worker", HIGH_NODE, {"tessera.dev/workflow": "chat"}))
-        cluster.create(pod("batch-worker", LOW_NODE, {"tessera.dev/workflow": "batch"}))
-        for node, agent in agents.items():
-            cluster.create(pod(f"agent-{node}", node, {"app.kubernetes.io/component": "power-agent"},
-                               [{"name": "readings", "containerPort": agent.port}]))
+        cluster.create(worker_pod("chat-worker", HIGH_NODE, "chat"))
+        cluster.create(worker_pod("batch-worker", LOW_NODE, "batch"))
         cluster.create(power_budget())
 
         def status():
@@ -165,5 +107,5 @@ def test_an_oversubscribed_budget_is_held_by_caps_on_the_least_urgent_node_first
         assert metrics.cap_changes.labels(budget="rack", direction="lift")._value.get() >= 1
         assert metrics.group_watts.labels(budget="rack")._value.get() == pytest.approx(1400)
     finally:
-        for agent in agents.values():
+        for agent in agents:
             agent.close()
