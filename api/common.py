@@ -17,26 +17,19 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def _dns1123_label(value: str) -> str:
-    if len(value) > 63 or not DNS1123_LABEL.match(value):
-        raise ValueError(
-            f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters)"
-        )
-    return value
+def _dns1123(kind: str, pattern: re.Pattern[str], characters: str, limit: int) -> Any:
+    """A pydantic string type that must be a DNS-1123 ``kind`` (the names Kubernetes accepts)."""
+    def check(value: str) -> str:
+        if len(value) > limit or not pattern.match(value):
+            raise ValueError(f"{value!r} is not a DNS-1123 {kind} (lower-case letters, {characters}, "
+                             f"starting and ending with a letter or digit, at most {limit} characters)")
+        return value
+
+    return Annotated[str, StringConstraints(max_length=limit), AfterValidator(check)]
 
 
-def _dns1123_subdomain(value: str) -> str:
-    if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
-        raise ValueError(
-            f"{value!r} is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit, at most 253 characters)"
-        )
-    return value
-
-
-DNSLabel = Annotated[str, StringConstraints(max_length=63), AfterValidator(_dns1123_label)]
-DNSSubdomain = Annotated[str, StringConstraints(max_length=253), AfterValidator(_dns1123_subdomain)]
+DNSLabel = _dns1123("label", DNS1123_LABEL, "digits and '-'", 63)
+DNSSubdomain = _dns1123("subdomain", DNS1123_SUBDOMAIN, "digits, '-' and '.'", 253)
 
 
 class WireModel(BaseModel):
