@@ -61,6 +61,11 @@ class EngineClass:
     calibration: float  # REFERENCE A100 decode step / roofline A100 decode step
 
     @cached_property
+    def params(self) -> cost.CostParameters:
+        """The cost model's factors for this model's serving engine (its ModelProfile's engineProfile)."""
+        return cost.engine_parameters(self.model)
+
+    @cached_property
     def kv_tokens(self) -> int:
         usable = self.spec.memory_gi_b * cost.GIB * cost.DEFAULT.efficiency.usable_memory
         return int((usable - self.model.weight_bytes()) / self.model.kv_bytes())
@@ -73,7 +78,7 @@ class EngineClass:
     def decode_step_s(self) -> tuple[float, ...]:
         """Decode iteration time with 1..MAX_BATCH sequences; batch 1 is REFERENCE's figure where it has one."""
         roofline = [
-            cost.decode_step_seconds(self.model, self.spec, n, DECODE_CONTEXT_TOKENS) * self.calibration
+            cost.decode_step_seconds(self.model, self.spec, n, DECODE_CONTEXT_TOKENS, params=self.params) * self.calibration
             for n in range(1, MAX_BATCH + 1)
         ]
         single = REFERENCE_DECODE_S.get(self.name, roofline[0])
@@ -83,13 +88,14 @@ class EngineClass:
     def decode_watts(self) -> tuple[float, ...]:
         """Draw while decoding 1..MAX_BATCH sequences (more compute-bound, more watts, as the batch grows)."""
         return tuple(
-            cost.busy_watts(self.spec, cost.decode_compute_share(self.model, self.spec, n, DECODE_CONTEXT_TOKENS))
+            cost.busy_watts(self.spec, cost.decode_compute_share(self.model, self.spec, n, DECODE_CONTEXT_TOKENS,
+                                                                 params=self.params), self.params)
             for n in range(1, MAX_BATCH + 1)
         )
 
     @cached_property
     def prefill_watts(self) -> float:
-        return cost.phase_watts(self.spec, "prefill")
+        return cost.phase_watts(self.spec, "prefill", self.params)
 
     def raw_call_s(self, input_tokens: float, output_tokens: float) -> tuple[float, float]:
         """(prefill, decode) seconds of one call alone on this class, straight from the per-token figures."""
@@ -120,7 +126,8 @@ def engine_classes(
     missing = [n for n in [*names, REFERENCE_CLASS] if n not in classes]
     if missing:
         raise KeyError(f"fleet: no HardwareClass {missing[0]!r} in the inventory (have {', '.join(sorted(classes))})")
-    raw_a100 = cost.decode_step_seconds(model, classes[REFERENCE_CLASS], 1, DECODE_CONTEXT_TOKENS)
+    raw_a100 = cost.decode_step_seconds(model, classes[REFERENCE_CLASS], 1, DECODE_CONTEXT_TOKENS,
+                                        params=cost.engine_parameters(model))
     calibration = REFERENCE_DECODE_S[REFERENCE_CLASS] / raw_a100
     out = {}
     for name in dict.fromkeys([*names, REFERENCE_CLASS]):
