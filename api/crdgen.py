@@ -94,6 +94,10 @@ RESOURCES: tuple[CRDInfo, ...] = (
             _col("Dtype", "string", ".spec.dtype"),
             AGE,
         ),
+        rules={"spec.source": [{
+            "rule": "[has(self.hub), has(self.uri), has(self.path), has(self.package)].filter(x, x).size() == 1",
+            "message": "give exactly one of hub, uri, path, package",
+        }]},
     ),
 )
 

@@ -82,6 +82,11 @@ class HardwareClassSpec(WireModel):
         description="Extended resource that counts devices on a Node (nvidia.com/gpu, amd.com/gpu, "
         "habana.ai/gaudi); null for CPU classes, where each Node counts as one device.",
     )
+    ray_accelerator_type: str | None = Field(
+        default=None, max_length=64,
+        description="Ray's accelerator type of the device (ray.util.accelerators: H100, AMD-Instinct-MI300X-OAM, "
+        "Intel-GAUDI, ...); Ray Serve LLM places vLLM replicas by it. Unset: vLLM is not placed by type.",
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Labels of the Nodes of this class (default: tessera.dev/hardware-class=NAME)."
     )

@@ -30,6 +30,11 @@ UNPLANNED_CLASS = "cpu"
 MAX_DEADLINE_MS = 24 * 3600 * 1000.0
 
 
+def llm_route_prefix(workflow: str) -> str:
+    """Where a workflow's vLLM application (Ray Serve LLM) answers its OpenAI API."""
+    return f"/{workflow}/llm"
+
+
 def ray_resource(hardware_class: str) -> str:
     """The Ray custom resource that stands for one device of ``hardware_class``."""
     return RAY_RESOURCE_PREFIX + hardware_class
@@ -66,6 +71,9 @@ class ModelDeployment(WireModel):
         default="cpu", description="cpu: Tessera's batching engine; vllm: vLLM through ray.serve.llm.",
     )
     source: str | None = Field(default=None, description="Where the weights come from (the ModelProfile's source).")
+    max_batch_size: int = Field(
+        default=16, ge=1, description="Requests one replica decodes together (vLLM admits twice as many).",
+    )
 
 
 class WorkflowAppArgs(WireModel):

@@ -26,13 +26,14 @@ from tessera.api.serve import (
     ray_resource,
 )
 from tessera.api.hardware import WORKER_POD_OVERHEAD_CPU, WORKER_POD_OVERHEAD_MEMORY_GIB
+from tessera.api.model_profile import ModelProfile
+from tessera.operator.models import build_llm_application, build_model_deployments, device_actor_options
 from tessera.operator.settings import OperatorSettings
 
 RAYSERVICE_API_VERSION = "ray.io/v1"
 WORKFLOW_LABEL = "tessera.dev/workflow"
 PLAN_ANNOTATION = "tessera.dev/plan"
 PLAN_GENERATION_ANNOTATION = "tessera.dev/plan-generation"
-GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")  # the device plugins whose devices Ray counts as GPUs
 MAX_CHILD_NAME = 50  # KubeRay derives longer names (<name>-raycluster-xxxxx, <name>-head-svc) from it
 
 
@@ -66,8 +67,7 @@ def build_owner_reference(workflow: AgentWorkflow) -> dict[str, Any]:
 
 def build_actor_options(stage: StagePlan, hardware: HardwareClass) -> dict[str, Any]:
     """ray_actor_options of one replica: its devices as GPUs (where Ray counts them) and as the class's resource."""
-    gpus = stage.tensor_parallel if hardware.spec.resource_name in GPU_RESOURCES else 0
-    return {"num_cpus": 1, "num_gpus": gpus, "resources": {ray_resource(stage.hardware_class): stage.tensor_parallel}}
+    return device_actor_options(hardware, stage.tensor_parallel)
 
 
 def build_stage_args(planned: StagePlan, declared: Stage, classes: dict[str, HardwareClass]) -> StageDeployment:
@@ -87,11 +87,14 @@ def build_stage_args(planned: StagePlan, declared: Stage, classes: dict[str, Har
     return deployment
 
 
-def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass]) -> dict[str, Any]:
+def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass],
+                       profiles: Mapping[str, ModelProfile] | None = None) -> dict[str, Any]:
     """The Serve application: the workers' builder with :class:`WorkflowAppArgs` (the spec and the plan) as args.
 
     Replicas and actor options travel in ``args.deployments`` rather than in a Serve ``deployments``
-    override, because the deployments' names belong to the application builder.
+    override, because the deployments' names belong to the application builder. The llm stages call
+    one model deployment per (model, class) of the plan (``args.models``, operator/models.py); those
+    vLLM serves go into a second application, Ray Serve LLM's.
     """
     spec = workflow.spec
     declared = {stage.name: stage for stage in spec.stages}
@@ -101,12 +104,17 @@ def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, H
         spec=spec,
         deployments={name: build_stage_args(stage, declared[name], classes) for name, stage in plan.stages.items()},
     )
-    return {"applications": [{
+    args.models, keys = build_model_deployments(workflow, plan, classes, profiles or {})
+    for name, key in keys.items():
+        args.deployments[name].model_deployment = key
+    applications = [{
         "name": workflow.metadata.name,
         "route_prefix": f"/{workflow.metadata.name}",
         "import_path": spec.serve.import_path,
         "args": args.to_wire(),
-    }]}
+    }]
+    llm = build_llm_application(workflow, args.models, keys, classes, profiles or {})
+    return {"applications": applications + ([llm] if llm else [])}
 
 
 def build_head_group(image: str, labels: dict[str, str], settings: OperatorSettings) -> dict[str, Any]:
@@ -187,7 +195,8 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
 
 
 def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass],
-                     settings: OperatorSettings, devices_per_pod: dict[str, int] | None = None) -> dict[str, Any]:
+                     settings: OperatorSettings, devices_per_pod: dict[str, int] | None = None,
+                     profiles: Mapping[str, ModelProfile] | None = None) -> dict[str, Any]:
     """The RayService running ``workflow`` as ``plan`` places it; the plan rides along in an annotation, so
     that an operator that restarts before the workflow's status was written knows what the child holds."""
     labels = build_labels(workflow)
@@ -205,7 +214,7 @@ def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, Har
             "ownerReferences": [build_owner_reference(workflow)],
         },
         "spec": {
-            "serveConfigV2": yaml.safe_dump(build_serve_config(workflow, plan, classes), sort_keys=False),
+            "serveConfigV2": yaml.safe_dump(build_serve_config(workflow, plan, classes, profiles), sort_keys=False),
             "rayClusterConfig": {
                 "rayVersion": settings.ray_version,
                 "headGroupSpec": build_head_group(image, labels, settings),

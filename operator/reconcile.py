@@ -234,7 +234,8 @@ def desired_state(body: Mapping[str, Any], snapshot: Snapshot, holdings: Mapping
             new_status.update(phase=Phase.planned.value, message=_summary(plan))
             holding = Holding(priority=spec.priority, created=created)
         else:
-            child = build_rayservice(workflow, plan, snapshot.classes, settings, snapshot.devices_per_pod())
+            child = build_rayservice(workflow, plan, snapshot.classes, settings, snapshot.devices_per_pod(),
+                                     snapshot.profiles)
             ready = rayservice_ready(actual_child)
             conditions.set(ConditionType.deployed, True, Reason.rayservice_applied, f"RayService {child['metadata']['name']}")
             conditions.set(ConditionType.ready, ready, Reason.serve_running if ready else Reason.rayservice_not_ready,

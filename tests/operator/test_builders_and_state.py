@@ -87,7 +87,8 @@ def test_rayservice_serve_config_carries_the_plan_and_the_user_args():
     assert args.deployments["answer"] == StageDeployment(
         hardware_class="l40s", replicas=2, ray_actor_options={"num_cpus": 1, "num_gpus": 1, "resources": {"tessera.dev/l40s": 1}},
         usd_per_hour=0.5, watts=50.0,  # per replica: the stage's $1/h and 100 W over 2 replicas
-        predicted_latency_ms=p.stages["answer"].predicted_latency_ms, max_ongoing_requests=p.stages["answer"].batch_size)
+        predicted_latency_ms=p.stages["answer"].predicted_latency_ms, max_ongoing_requests=p.stages["answer"].batch_size,
+        model_deployment="llama-3-1-8b@l40s")  # the shared model deployment (operator/models.py)
     assert args.deployments["file-ticket"].ray_actor_options["num_gpus"] == 0
     cluster = child["spec"]["rayClusterConfig"]
     assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["cpu-epyc", "l40s"]
