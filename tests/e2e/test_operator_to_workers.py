@@ -67,7 +67,9 @@ def serve_from(rayservice: dict):
 
     from tessera.workers.local import build_application, localize_application
 
-    (written,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    applications = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    # The workflow's own application (a second one may hold the plan's vLLM model servers, for GPUs).
+    (written,) = [app for app in applications if app["name"] == rayservice["metadata"]["labels"]["tessera.dev/workflow"]]
     assert written["import_path"] == DEFAULT_SERVE_IMPORT_PATH  # the workflows set no spec.serve
     application = localize_application(written)
     serve.run(build_application(application), name=application["name"], route_prefix=application["route_prefix"])
