@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tessera.sim.core import PowerPolicy
+from tessera.planner.capping import Level
+from tessera.sim.core import EngineCap, PowerPolicy, Slowdown, _Run
 from tessera.sim.workload import Arrivals, Tenant, generate, load_trace, save_trace
 from tessera.workers.scheduling import POLICIES
 
@@ -99,3 +100,27 @@ def test_capping_keeps_a_grown_fleet_nearer_its_budget(simulator, classes):
     assert runs[True].over_budget_s < 0.5 * runs[False].over_budget_s
     assert runs[True].energy_j < runs[False].energy_j
     assert runs[True].latencies_s.mean() > runs[False].latencies_s.mean()  # caps slow the work down
+
+
+def test_while_capped_low_priority_calls_go_to_capped_engines_only(simulator, classes):
+    """Steering (the polca scenario's): the controller's level and each engine's cap decide the candidates."""
+    fleet = ["a100-80gb"] * 4
+    run = _Run(simulator(fleet, power=PowerPolicy(1000.0)), [])
+    est = {"a100-80gb": 1.0}
+    assert run.candidates(0, est) == run.views  # no cap level: every engine
+    run.group.controller.level = Level.LOW
+    assert run.candidates(0, est) == run.views  # capped, but no engine capped yet: every engine
+    run.engines[1].cap = run.engines[3].cap = EngineCap(280.0, Slowdown(1.067, 1.0))
+    assert [v.replica_id for v in run.candidates(0, est)] == ["a100-80gb-1", "a100-80gb-3"]
+    assert run.candidates(1, est) == run.views  # urgent work may go anywhere
+    run.sim.power = PowerPolicy(1000.0, steer=False)
+    assert run.candidates(0, est) == run.views
+
+
+def test_an_engine_serving_urgent_work_is_not_capped_at_t1(simulator):
+    run = _Run(simulator(["a100-80gb"] * 2, power=PowerPolicy(1000.0)), [])
+    run.group.controller.level = Level.LOW
+    busy, idle = run.engines
+    busy.running_priorities[1] += 1
+    assert run.group.cap_for(busy) is None
+    assert run.group.cap_for(idle).watts == 0.7 * idle.cls.spec.tdp_watts
