@@ -88,7 +88,7 @@ def _grid(lo: float, hi: float, step: float) -> list[float]:
     return [round(lo + i * step, 6) for i in range(n + 1)]
 
 
-def fit(measured: dict, base: cost.CostParameters = cost.DEFAULT) -> cost.CostParameters:
+def fit(measured: dict, base: cost.CostParameters = cost.UNFUSED) -> cost.CostParameters:
     """Grid search: decode's bandwidth and compute efficiency and the per-layer overhead first (decode is
     where overhead shows), then prefill's compute efficiency, then the power model; each minimizing the
     mean absolute relative error (the median is reported; the mean keeps outliers from being ignored)."""
@@ -209,17 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     bw = measured["bandwidth"]
     print(f"bandwidth: read {bw['read_GBps']:.0f} GB/s, copy {bw['copy_GBps']:.0f} GB/s "
           f"({bw['read_GBps'] / H100_SXM.memory_bandwidth_g_bps:.0%} of the spec sheet's read)")
-    print("\nwith the model's current factors:")
-    print(render(rows(measured, cost.DEFAULT)))
-    print(render_power(power_rows(measured, cost.DEFAULT)))
+    print("\nwith the unfused profile's factors:")
+    print(render(rows(measured, cost.UNFUSED)))
+    print(render_power(power_rows(measured, cost.UNFUSED)))
     fitted = fit(measured)
     print("\nwith the fitted factors:")
     print(render(rows(measured, fitted)))
     print(render_power(power_rows(measured, fitted)))
-    e, p = fitted.efficiency, fitted.power
-    print(f"\nfitted: prefill_compute={e.prefill_compute:g} decode_bandwidth={e.decode_bandwidth:g} "
-          f"decode_compute={e.decode_compute:g} layer_overhead_s={e.layer_overhead_s:g} "
-          f"memory_bound_dynamic={p.memory_bound_dynamic:g} compute_exponent={p.compute_exponent:g}")
+    print(f"\nfitted: prefill_compute={fitted.efficiency.prefill_compute:g} {describe(fitted)}")
     return 0
 
 
@@ -231,11 +228,16 @@ def engine_main(measured: dict) -> int:
     fitted = fit_engine(measured)
     print("\nwith the fitted factors:")
     print(render_engine(engine_rows(measured, fitted)))
-    e, p = fitted.efficiency, fitted.power
-    print(f"\nfitted: decode_bandwidth={e.decode_bandwidth:g} decode_compute={e.decode_compute:g} "
-          f"layer_overhead_s={e.layer_overhead_s:g} memory_bound_dynamic={p.memory_bound_dynamic:g} "
-          f"compute_exponent={p.compute_exponent:g}")
+    print(f"\nfitted: {describe(fitted)}")
     return 0
+
+
+def describe(params: cost.CostParameters) -> str:
+    """The decode and power factors a fit sets, as cost.py names them."""
+    e, p = params.efficiency, params.power
+    return (f"decode_bandwidth={e.decode_bandwidth:g} decode_compute={e.decode_compute:g} "
+            f"layer_overhead_s={e.layer_overhead_s:g} memory_bound_dynamic={p.memory_bound_dynamic:g} "
+            f"compute_exponent={p.compute_exponent:g}")
 
 
 if __name__ == "__main__":

@@ -260,12 +260,17 @@ def power_phases(device, dtype, shape: dict, seconds: float) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every measurement script takes: where to write, on which device, tiny or not."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", required=True, help="JSON file to write the measurements to")
     parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test of the script itself")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(__doc__.splitlines()[0]).parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16
     timer = Timer(device)

@@ -14,7 +14,6 @@ Needs torch and pynvml (no model download):
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -24,7 +23,7 @@ import time
 
 import torch
 
-from tessera.planner.calibration.measure import DecoderStack, log  # the same layers as the unfused calibration
+from tessera.planner.calibration.measure import DecoderStack, arguments, log  # the unfused calibration's layers
 from tessera.workers.power.readers import NvmlReader
 
 # config.json of Llama-3.1-8B (fitted on) and Llama-3.2-3B (held out); vocabulary 128,256.
@@ -201,11 +200,7 @@ def reader_under_load(reader, index, device, dtype) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="JSON file to write the measurements to")
-    parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test of the script itself")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__.splitlines()[0]).parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16
     torch.manual_seed(0)
