@@ -143,6 +143,22 @@ class DecoderStack(torch.nn.Module):
         return x
 
 
+def capture(fn, device):
+    """``fn`` as one CUDA graph, warmed up on a side stream (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def layer_latencies(timer: Timer, device, dtype, name, shape, prefill_cases, decode_cases, graphs: bool) -> dict:
     stack = DecoderStack(**shape, device=device, dtype=dtype)
     out = {"shape": name, **shape, "params": stack.params(), "prefill": [], "decode": []}
@@ -166,16 +182,7 @@ def layer_latencies(timer: Timer, device, dtype, name, shape, prefill_cases, dec
             mode = "eager"
             if graphs and device.type == "cuda":
                 try:  # a serving engine replays decode steps as CUDA graphs (no launch overhead)
-                    side = torch.cuda.Stream()
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
-                        for _ in range(2):
-                            step()
-                    torch.cuda.current_stream().wait_stream(side)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        step()
-                    run = graph.replay
+                    run = capture(step, device).replay
                     mode = "cudagraph"
                 except Exception as err:  # measure eagerly rather than not at all
                     log(f"CUDA graph capture failed ({err}); timing eagerly")

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from tessera.planner.calibration.measure import DecoderStack, arguments, log  # the unfused calibration's layers
+from tessera.planner.calibration.measure import DecoderStack, arguments, capture, log  # the unfused calibration's
 from tessera.workers.power.readers import NvmlReader
 
 # config.json of Llama-3.1-8B (fitted on) and Llama-3.2-3B (held out); vocabulary 128,256.
@@ -102,22 +102,6 @@ def loop_for(fn, seconds: float, sync) -> None:
         for _ in range(10):
             fn()
         sync()
-
-
-def capture(fn, device):
-    """``fn`` as one CUDA graph (None off CUDA)."""
-    if device.type != "cuda":
-        return None
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
 
 
 def time_per_call(fn, device, iters: int) -> float:
