@@ -22,7 +22,7 @@ EPILOG = """\
 examples:
   tessera text2sql --db shop.sqlite --question "How many customers are there?" --direct
   tessera text2sql --db shop.sqlite --question "Which products cost more than 50?" -o json
-  tessera text2sql --db shop.sqlite --serve --port 8000     # then POST {"question": ...} to /text2sql
+  tessera text2sql --db shop.sqlite --serve --port 8000     # then POST {"input": "<question>"} to /text2sql
   python -m tessera.workers.text2sql.data.generate DIR       # builds the example databases into DIR
 """
 
@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Translate a question into SQL with SmolLM2-135M and run it on a SQLite database, read-only. "
         "Stages: schema linking, candidate generation (grammar-constrained), execution in a sandbox, "
         "self-correction of failing candidates, selection by vote on execution results. By default the "
-        "stages run as Ray Serve deployments on a local Ray; --direct runs them in this process.",
+        "example workflow (examples/workflows/text2sql.yaml) runs on the workflow runtime on a local Ray, "
+        "its stages reading --db; --direct runs the stages in this process.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -104,34 +105,58 @@ def _answer_direct(db: Path, args: argparse.Namespace) -> dict:
     return asyncio.run(Text2SQLPipeline(stages).answer(request)).to_json()
 
 
+def local_workflow_args(db: Path, args: argparse.Namespace):
+    """The example Text-to-SQL workflow as the runtime's args for this machine: every stage reads ``db``,
+    ``--candidates`` parallel candidate calls, the policy, priority and SLO from the flags."""
+    import yaml
+
+    from tessera.api import AgentWorkflow
+    from tessera.api.serve import StageDeployment, WorkflowAppArgs
+    from tessera.examples import example_path
+
+    workflow = AgentWorkflow.model_validate(yaml.safe_load(example_path("workflows", "text2sql.yaml").read_text()))
+    spec = workflow.spec
+    for stage in spec.stages:
+        if "database" in stage.params:
+            stage.params["database"] = str(db.resolve())
+        if stage.name == "generate-candidates":
+            stage.fan_out = args.candidates
+    spec.serve.policy = args.policy
+    spec.serve.args = {"alpha": args.alpha}
+    spec.priority = args.priority
+    spec.slo.latency_ms = args.slo_ms
+    # One replica per stage, all on this machine: a share of a CPU each (Serve's default of one whole CPU
+    # per replica would leave the stages of a small machine waiting for CPUs forever); one model call at a time.
+    deployments = {stage.name: StageDeployment(ray_actor_options={"num_cpus": 0.25},
+                                               max_ongoing_requests=1 if stage.kind.value == "llm" else 8)
+                   for stage in spec.stages}
+    return WorkflowAppArgs(workflow="text2sql", spec=spec, deployments=deployments)
+
+
 def _answer_with_serve(db: Path, args: argparse.Namespace) -> dict | None:
     import ray
     from ray import serve
 
-    from tessera.workers.text2sql.app import build_app
-    from tessera.workers.text2sql.pipeline import STAGES
+    from tessera.workers.runtime.app import build_app
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    # One replica per stage, all on this machine: a share of a CPU each (Serve's default of one whole
-    # CPU per replica would leave the stages of a small machine waiting for CPUs forever).
-    local = {"rayActorOptions": {"num_cpus": 0.25}}
     try:
-        app = build_app({"db": str(db.resolve()), "policy": args.policy, "alpha": args.alpha,
-                         "nCandidates": args.candidates, "priority": args.priority,
-                         "slo": {"latencyMs": args.slo_ms}, "stages": {s: local for s in STAGES}})
+        app = build_app(local_workflow_args(db, args).to_wire())
         if args.serve:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             serve.run(app, name="text2sql", route_prefix="/text2sql")
-            print(f"serving on http://127.0.0.1:{args.port}/text2sql  (POST {{\"question\": ...}}; Ctrl-C stops)",
+            print(f"serving on http://127.0.0.1:{args.port}/text2sql  (POST {{\"input\": <question>}}; Ctrl-C stops)",
                   file=sys.stderr)
             while True:
                 time.sleep(3600)
         handle = serve.run(app, name="text2sql", route_prefix=None)
-        return handle.answer.remote(args.question.strip()).result()
+        response = handle.answer.remote({"input": args.question.strip()}).result()
     finally:
-        serve.shutdown()
         ray.shutdown()
+    answer = response.get("output") or {"sql": "", "columns": [], "rows": [], "error": response.get("error")}
+    return {**answer, "error": response.get("error") or answer.get("error"), "latencyMs": response["latencyMs"],
+            "stages": [{"name": s["name"], "ms": s["ms"]} for s in response["stages"]]}
 
 
 def _print_answer(answer: dict) -> None:

@@ -55,35 +55,34 @@ def test_the_benchmark_reports_both_accuracies_on_a_question_file(llm_engine, t2
 @pytest.mark.model
 @pytest.mark.ray
 @pytest.mark.e2e
-def test_the_serve_app_answers_over_a_handle_and_over_http(serve_http_port, t2s_dbs):
+def test_the_example_workflow_answers_on_the_runtime_over_a_handle_and_over_http(serve_http_port, t2s_dbs):
     from ray import serve
 
-    from tessera.workers.text2sql.app import build_app
-    from tessera.workers.text2sql.pipeline import STAGES
+    from tessera.cli.text2sql import local_workflow_args
+    from tessera.workers.runtime.app import build_app
 
     db = t2s_dbs / "store.sqlite"
-    light = {"rayActorOptions": {"num_cpus": 0}}  # two candidates: concurrent calls to one replica
-    app = build_app({"db": str(db), "fewshotDbDir": str(t2s_dbs), "nCandidates": 2, "maxRevisions": 1,
-                     "policy": "wb-urgency", "alpha": 0.3, "stages": {s: light for s in STAGES}})
+    flags = argparse.Namespace(candidates=2, policy="wb-urgency", alpha=0.3, priority=0, slo_ms=300_000)
     port = serve_http_port
-    handle = serve.run(app, name="text2sql-test", route_prefix="/text2sql-test")
+    handle = serve.run(build_app(local_workflow_args(db, flags).to_wire()), name="text2sql-test",
+                       route_prefix="/text2sql-test")
     try:
-        out = handle.answer.remote(QUESTION, priority=2).result(timeout_s=600)
+        out = handle.answer.remote({"input": QUESTION, "priority": 2}).result(timeout_s=600)
         gold = SQLSandbox(db).execute(GOLD).result_key
-        assert sorted(map(tuple, out["rows"])) == sorted(gold)
-        assert [s["name"] for s in out["stages"]][0] == "schema_linking" and out["latencyMs"] > 0
+        assert "error" not in out, out
+        assert sorted(map(tuple, out["output"]["rows"])) == sorted(gold)
+        stages = {s["name"]: s for s in out["stages"]}
+        assert list(stages) == ["link-schema", "generate-candidates", "execute-candidates", "revise", "select"]
+        assert stages["generate-candidates"]["attempts"] == 2 and out["priority"] == 2
 
         request = urllib.request.Request(f"http://127.0.0.1:{port}/text2sql-test", method="POST",
-                                         data=json.dumps({"question": QUESTION}).encode(),
+                                         data=json.dumps({"input": {"question": QUESTION}}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=600) as response:
             over_http = json.loads(response.read())
-        assert sorted(map(tuple, over_http["rows"])) == sorted(gold)
+        assert sorted(map(tuple, over_http["output"]["rows"])) == sorted(gold)
 
-        bad = urllib.request.Request(f"http://127.0.0.1:{port}/text2sql-test", method="POST",
-                                     data=b'{"question": ""}', headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(bad, timeout=60)
-        assert err.value.code == 400 and "question" in err.value.read().decode()
+        empty = handle.answer.remote({"input": "  "}).result(timeout_s=60)
+        assert empty["error"].startswith("stage 'link-schema' failed: ValueError: stage link-schema: input:")
     finally:
         serve.delete("text2sql-test")
