@@ -5,9 +5,10 @@ Once per ``TICK_SECONDS`` per PowerBudget (a kopf timer), it reads the agents of
 code the simulator runs). Which device serves which workflow comes from the RayService worker pods
 the operator created (label ``tessera.dev/workflow``; the workflow's spec.priority): a device takes
 the highest priority of the workflows with pods on its node. The caps in force go into the budget's
-status (``caps``: a list of node/index and watts), which the agents apply; so the operator writes nothing but
-the status it already owns, and the agents read nothing but PowerBudgets (docs/power.md). Caps,
-lifts and the draw become metrics and Events.
+status (``caps``: a list of node/index and watts), which the agents apply; so the operator writes
+nothing but the status it already owns, and the agents read nothing but PowerBudgets
+(docs/power.md). Caps, lifts and the draw become metrics and Events. An agent that does not answer
+leaves its devices out of that tick's draw, so such a tick may raise a cap but never lifts one.
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ def step(state: GroupState, now: float, draw: float, devices: list[Device]) -> t
     return changed, controller.caps(devices)
 
 
+def may_act(state: GroupState, draw: float, complete: bool) -> bool:
+    """Whether to run the controller on this tick's draw: a silent agent's devices still draw, so a partial
+    reading may raise the cap level but never lower it."""
+    return complete or state.controller.wanted(draw) >= state.controller.level
+
+
 def status_patch(state: GroupState, draw: float, caps: list[Cap]) -> dict[str, Any]:
     return {
         "drawWatts": round(draw, 1), "capLevel": state.controller.level.name.lower(),
@@ -171,6 +178,8 @@ async def control_power(name: str, body: kopf.Body, memo: kopf.Memo, logger: Any
     state = groups.get(name)
     if state is None or state.controller.thresholds != thresholds:
         state = groups[name] = GroupState(Controller(thresholds))
+    if not may_act(state, draw, complete=len(readings) == len(urls)):
+        return
     before = state.controller.level
     changed, caps = step(state, time.time(), draw, devices)
     metrics = operator_metrics()

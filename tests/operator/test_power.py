@@ -8,7 +8,9 @@ import pytest
 from tessera.api import HardwareClass, PowerBudget
 from tessera.api.power import DevicePower, NodePowerReadings
 from tessera.operator.metrics import operator_metrics
-from tessera.operator.power import GroupState, group_devices, in_group, node_priorities, status_patch, step
+from tessera.operator.power import (
+    GroupState, group_devices, in_group, may_act, node_priorities, status_patch, step,
+)
 from tessera.planner.capping import Controller, Level, Thresholds
 from tessera_devtools import wait_for
 from tessera_devtools.power import AgentThread, FakeNvml
@@ -65,6 +67,18 @@ def test_one_tick_caps_the_low_priority_node_first_and_writes_the_status():
         "caps": [{"device": "lo/0", "watts": 490}, {"device": "lo/1", "watts": 490}]}
     step(state, 1.0, 2100, devices)
     assert state.last_over == "1970-01-01T00:00:01+00:00"
+
+
+@pytest.mark.parametrize("level,draw,complete,acts", [
+    (Level.LOW, 1000, True, True),  # every agent answered: lift as the policy says
+    (Level.LOW, 1000, False, False),  # one agent silent: its devices still draw, no lift
+    (Level.LOW, 1950, False, True),  # ... but a partial reading may still raise the level
+    (Level.NONE, 1000, False, True),
+])
+def test_a_partial_reading_never_lifts_a_cap(level, draw, complete, acts):
+    state = GroupState(Controller(Thresholds(2000)))
+    state.controller.level = level
+    assert may_act(state, draw, complete) is acts
 
 
 def worker_pod(name: str, node: str, workflow_name: str) -> dict:
