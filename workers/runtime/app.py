@@ -31,6 +31,7 @@ from tessera.api.validation import workflow_problems
 from tessera.api.workflow import Stage, StageKind
 from tessera.workers.metrics import make_metric
 from tessera.workers.runtime.executor import TokenSink, WorkflowExecutor
+from tessera.workers.runtime import openai
 from tessera.workers.runtime.models import ModelClient, bind_model_deployments, model_key
 from tessera.workers.runtime.routing import PolicyRequestRouter, ReplicaWorkQueue, replica_hardware_class
 from tessera.workers.runtime.stages import StageWorker
@@ -87,6 +88,22 @@ def parse_app_args(args: dict[str, Any] | WorkflowAppArgs | None) -> tuple[Workf
     return parsed, options
 
 
+async def relay(queue: asyncio.Queue, task: asyncio.Task):
+    """The items ``task`` puts on ``queue``, as they come, until it is done (then it is awaited; a consumer
+    that stops early cancels it)."""
+    try:
+        while not task.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 def priority_label(priority: int) -> str:
     """A bounded metric label for a request's priority (clients choose it: at most 21 values)."""
     return str(priority) if -9 <= priority <= 9 else ("high" if priority > 9 else "low")
@@ -124,17 +141,9 @@ class StageReplica:
                 return await self.worker.run(call, on_token)
 
         task = asyncio.create_task(produce())
-        try:
-            while not task.done() or not queue.empty():
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            yield {"output": task.result()}
-        finally:
-            task.cancel()
+        async for item in relay(queue, task):
+            yield item
+        yield {"output": task.result()}
 
 
 class Ingress:
@@ -215,9 +224,10 @@ class RequestError(Exception):
 class WorkflowIngress(Ingress):
     """``POST /<workflow>`` and the handle method ``run(body)``."""
 
-    def __init__(self, args: dict, stages: dict[str, Any]):
+    def __init__(self, args: dict, stages: dict[str, Any], models: dict[str, Any] | None = None):
         parsed, options = parse_app_args(args)
         super().__init__(parsed, options, stages)
+        self.models = models or {}  # model deployments by key: the OpenAI endpoints (openai.py)
 
     async def answer(self, body: dict) -> dict:
         """Handle entry point: a WorkflowRequest body (dict) -> a WorkflowResponse (dict, camelCase)."""
@@ -235,6 +245,8 @@ class WorkflowIngress(Ingress):
 
         if http_request.method != "POST":
             return JSONResponse({"error": "method: POST a JSON WorkflowRequest"}, status_code=405)
+        if http_request.url.path.endswith(openai.OPENAI_PATHS):
+            return await openai.answer(http_request.url.path, await http_request.body(), self.models)
         try:
             request = self.parse(await http_request.body())
             if request.stream:
@@ -253,17 +265,9 @@ class WorkflowIngress(Ingress):
             tokens.put_nowait(piece)
 
         task = asyncio.create_task(self.run(request, on_token))
-        try:
-            while not task.done() or not tokens.empty():
-                getter = asyncio.ensure_future(tokens.get())
-                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield f"event: token\ndata: {json.dumps(getter.result())}\n\n"
-                else:
-                    getter.cancel()
-            yield f"event: result\ndata: {json.dumps(task.result().to_wire())}\n\n"
-        finally:
-            task.cancel()
+        async for piece in relay(tokens, task):
+            yield f"event: token\ndata: {json.dumps(piece)}\n\n"
+        yield f"event: result\ndata: {json.dumps(task.result().to_wire())}\n\n"
 
 
 def build_app(args: dict[str, Any] | None = None):
@@ -291,4 +295,4 @@ def build_app(args: dict[str, Any] | None = None):
         stages[stage.name] = deployment.bind(parsed.workflow, stage.to_wire(), placed.to_wire(), policy, model)
     # The ingress only awaits handles: it takes no CPU from the stages' replicas.
     return WorkflowIngress.options(name=f"{parsed.workflow}-ingress"[:60], ray_actor_options={"num_cpus": 0}).bind(
-        parsed.model_dump(by_alias=True, mode="json", exclude_none=True), stages)
+        parsed.model_dump(by_alias=True, mode="json", exclude_none=True), stages, models)
