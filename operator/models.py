@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from tessera.api import AgentWorkflow, HardwareClass, Plan, Stage
-from tessera.api.hardware import DeviceType
 from tessera.api.model_profile import CPUEngineOptions, ModelProfile
 from tessera.api.serve import ModelDeployment, llm_route_prefix, ray_resource
 from tessera.api.workflow import DraftMethod, SpeculativeDecoding
@@ -47,8 +46,10 @@ def device_actor_options(hardware: HardwareClass, tensor_parallel: int) -> dict[
 
 
 def chooses_vllm(stages: list[tuple[Stage, str | None]], hardware: HardwareClass, profile: ModelProfile | None) -> bool:
-    """vLLM serves a model on an accelerator class whose weights it can load, unless a stage drafts elsewhere."""
-    if hardware.spec.device_type is DeviceType.cpu or profile is None or profile.spec.source is None:
+    """vLLM serves a model on a class Ray Serve LLM can place, whose weights it can load, unless a stage drafts
+    elsewhere. Ray Serve LLM places engine workers on GPUs (and TPUs) only: Ray counts NVIDIA and AMD devices
+    as GPUs, Gaudi's not, so Gaudi classes run Tessera's engine (docs/serving.md)."""
+    if hardware.spec.resource_name not in GPU_RESOURCES or profile is None or profile.spec.source is None:
         return False
     if profile.spec.source.kind == "package":  # a wheel's GGUF: Tessera's engine loads it
         return False
@@ -126,10 +127,8 @@ def build_llm_config(key: str, deployment: ModelDeployment, hardware: HardwareCl
     }
     if speculative is not None:
         engine_kwargs["speculative_config"] = speculative
-    # Each engine worker (one per device) asks for one device of the class, so Ray places it only there.
-    bundle: dict[str, Any] = {ray_resource(hardware.metadata.name): 1}
-    if hardware.spec.resource_name in GPU_RESOURCES:
-        bundle["GPU"] = 1
+    # Each engine worker (one per device) asks for one GPU of the class, so Ray places it only there.
+    bundle = {"GPU": 1, ray_resource(hardware.metadata.name): 1}
     config: dict[str, Any] = {
         "model_loading_config": {"model_id": key, "model_source": deployment.source},
         "deployment_config": {

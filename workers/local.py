@@ -49,6 +49,7 @@ def localize_application(application: dict[str, Any], *, max_replicas: int = 1, 
     for key, model in args.models.items():
         args.models[key] = model.model_copy(update={
             "replicas": min(model.replicas, max_replicas), "engine": "cpu",
+            "source": None,  # the cluster's weights are not here: the embedded SmolLM2 stands in
             "ray_actor_options": _fit(model.ray_actor_options, cpus_per_replica),
         })
     app["args"] = args.to_wire()

