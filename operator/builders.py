@@ -200,7 +200,9 @@ def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, Har
     """The RayService running ``workflow`` as ``plan`` places it; the plan rides along in an annotation, so
     that an operator that restarts before the workflow's status was written knows what the child holds."""
     labels = build_labels(workflow)
-    image = workflow.spec.serve.image or settings.worker_image
+    serve_config = build_serve_config(workflow, plan, classes, profiles)
+    runs_vllm = len(serve_config["applications"]) > 1  # the Ray Serve LLM application (operator/models.py)
+    image = workflow.spec.serve.image or (settings.vllm_worker_image if runs_vllm else settings.worker_image)
     devices = plan.devices_by_class()
     per_pod = devices_per_pod or {}
     return {
@@ -214,7 +216,7 @@ def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, Har
             "ownerReferences": [build_owner_reference(workflow)],
         },
         "spec": {
-            "serveConfigV2": yaml.safe_dump(build_serve_config(workflow, plan, classes, profiles), sort_keys=False),
+            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
             "rayClusterConfig": {
                 "rayVersion": settings.ray_version,
                 "headGroupSpec": build_head_group(image, labels, settings),

@@ -40,6 +40,10 @@ class OperatorSettings(BaseSettings):
     worker_image: str = Field(
         default="ghcr.io/tessera-dev/tessera-workers:0.1.0",
         description="Image of the Ray pods when an AgentWorkflow's spec.serve.image is not set.")
+    vllm_worker_image: str = Field(
+        default="ghcr.io/tessera-dev/tessera-workers-vllm:0.1.0",
+        description="Image of the Ray pods of a workflow whose plan runs vLLM (the worker image plus vLLM and "
+        "ray[llm]), when its spec.serve.image is not set.")
     ray_version: str = Field(default="2.60.0", description="rayVersion written into each RayService.")
     head_cpu: str = Field(default="2", description="CPU request of each Ray head pod.")
     head_memory: str = Field(default="8Gi", description="Memory request of each Ray head pod.")

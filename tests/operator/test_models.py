@@ -170,3 +170,19 @@ def test_rays_llm_config_refuses_what_tessera_must_not_write(ray_llm_config):
         ray_llm_config.model_validate({**written, "accelerator_type": "H100-SXM5-80GB"})
     with pytest.raises(ValueError, match="deployment config"):
         ray_llm_config.model_validate({**written, "deployment_config": {"max_ongoing_requests": -1}})
+
+
+@pytest.mark.parametrize("llm_class, spec_image, image", [
+    ("h100-sxm", None, OperatorSettings().vllm_worker_image),  # vLLM runs: the image that carries it
+    ("cpu-epyc", None, OperatorSettings().worker_image),
+    ("h100-sxm", "my/own:1", "my/own:1"),  # the workflow's own image wins
+])
+def test_the_pods_of_a_workflow_that_runs_vllm_use_the_vllm_image(llm_class, spec_image, image):
+    wf = WORKFLOWS["chat"]
+    if spec_image:
+        wf = wf.model_copy(update={"spec": wf.spec.model_copy(update={
+            "serve": wf.spec.serve.model_copy(update={"image": spec_image})})})
+    child = build_rayservice(wf, plan_on(wf, llm_class), CLASSES, OperatorSettings(), profiles=PROFILES)
+    cluster = child["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    assert {c["image"] for pod in pods for c in pod["template"]["spec"]["containers"]} == {image}
