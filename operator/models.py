@@ -127,6 +127,8 @@ def build_llm_config(key: str, deployment: ModelDeployment, hardware: HardwareCl
     }
     if speculative is not None:
         engine_kwargs["speculative_config"] = speculative
+    if profile.spec.source is not None and profile.spec.source.revision:
+        engine_kwargs["revision"] = profile.spec.source.revision
     # Each engine worker (one per device) asks for one GPU of the class, so Ray places it only there.
     bundle = {"GPU": 1, ray_resource(hardware.metadata.name): 1}
     config: dict[str, Any] = {

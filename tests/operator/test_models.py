@@ -8,6 +8,7 @@ import yaml
 
 from tessera.api import AgentWorkflow, HardwareClass, Plan, SpeculativeDecoding, StagePlan
 from tessera.api.model_profile import ModelProfile
+from tessera.api.validation import ResourceError, parse_resource
 from tessera.api.serve import WorkflowAppArgs
 from tessera.cli.documents import load
 from tessera.operator.builders import build_rayservice, build_serve_config
@@ -50,6 +51,35 @@ def two_llm_stages(speculative: dict | None = None):
 def parse(body) -> AgentWorkflow:
     body["metadata"]["uid"] = "uid-1"
     return AgentWorkflow.model_validate(body)
+
+
+# --------------------------------------------------------------------------- ModelProfile: weights and engine options
+@pytest.mark.parametrize("spec, path, reason", [
+    ({"source": {"hub": "a/b", "path": "/m"}}, "spec.source", "exactly one of hub, uri, path, package"),
+    ({"source": {}}, "spec.source", "exactly one"),
+    ({"source": {"hub": "no-slash"}}, "spec.source.hub", "pattern"),
+    ({"source": {"uri": "ftp://x"}}, "spec.source.uri", "pattern"),
+    ({"source": {"path": "relative/dir"}}, "spec.source.path", "pattern"),
+    ({"source": {"path": "/m", "revision": "main"}}, "spec.source", "revision"),
+    ({"engineOptions": {"vllm": {"gpuMemoryUtilization": 1.5}}}, "spec.engineOptions.vllm.gpuMemoryUtilization", ""),
+    ({"engineOptions": {"vllm": {"extra": {"tensor_parallel_size": 8}}}}, "spec.engineOptions.vllm",
+     "extra: tensor_parallel_size come from the plan"),
+    ({"engineOptions": {"cpu": {"maxBatchSize": 0}}}, "spec.engineOptions.cpu.maxBatchSize", ""),
+])
+def test_a_bad_profile_names_the_field(spec, path, reason):
+    doc = {"apiVersion": "tessera.dev/v1alpha1", "kind": "ModelProfile", "metadata": {"name": "m"},
+           "spec": {"parametersBillions": 1, "layers": 2, "hiddenSize": 64, **spec}}
+    with pytest.raises(ResourceError) as caught:
+        parse_resource(doc)
+    [problem] = caught.value.problems
+    assert problem.path == path and reason in problem.reason
+
+
+def test_profile_options_reach_vllms_engine_kwargs():
+    profile = PROFILES["llama-3-1-8b"]
+    options = profile.spec.engine_options.vllm.model_copy(update={"extra": {"enforce_eager": True}})
+    assert options.engine_kwargs() == {"enforce_eager": True, "max_model_len": 16384, "gpu_memory_utilization": 0.9,
+                                       "enable_prefix_caching": True}
 
 
 # --------------------------------------------------------------------------- keys and sharing (pure)
