@@ -161,7 +161,7 @@ def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str)
     tail = []
     if conds:
         rules.append(f"cond{i} ::= " + " | ".join(conds))
-        tail.append(f'(" WHERE " cond{i} ((" AND " | " OR ") cond{i})*)?')
+        tail.append(f'(" WHERE " cond{i} (and_or cond{i} (and_or cond{i})?)?)?')
     if shape.group_by:
         having = f' (" HAVING " agg{i} " "? {ops} " "? number)?' if aggs and spec.numbers else ""
         tail.append(f'(" GROUP BY " sel_col{i} ("," " "? sel_col{i})?{having})?')
@@ -172,7 +172,8 @@ def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str)
         key = " | ".join(keys + ([f"agg{i}"] if aggs else []))
         limit = _one_of(sorted(set(spec.numbers) | {"1"}))
         tail.append(f'(" ORDER BY " ({key}) (" ASC" | " DESC")? (" LIMIT " {limit})?)?')
-    rules.insert(0, f'q{i} ::= "SELECT " ("DISTINCT ")? sel{i} ("," " "? sel{i})* " FROM " {from_clause} '
+    # At most three columns and three conditions: a small model otherwise repeats one until it runs out of tokens.
+    rules.insert(0, f'q{i} ::= "SELECT " ("DISTINCT ")? sel{i} (comma sel{i} (comma sel{i})?)? " FROM " {from_clause} '
                     + " ".join(tail))
     return rules
 
@@ -182,7 +183,7 @@ def sql_grammar(spec: GrammarSpec) -> str:
     """The EBNF grammar (xgrammar syntax, root rule ``root``) of the SQL subset that ``spec`` allows."""
     clauses = spec.from_clauses()
     rules = [f'root ::= ({" | ".join(f"q{i}" for i in range(len(clauses)))}) ";"?',
-             'alias ::= [A-Za-z_] [A-Za-z_0-9]*']
+             'alias ::= [A-Za-z_] [A-Za-z_0-9]*', 'comma ::= "," " "?', 'and_or ::= " AND " | " OR "']
     if spec.numbers:
         rules.append(f"number ::= {_one_of(spec.numbers)}")
     for i, (tables, clause) in enumerate(clauses):

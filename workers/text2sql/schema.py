@@ -184,8 +184,19 @@ class LinkedSchema:
 
         tables = tuple((t, tuple((c, kind(d)) for c, d in self.schema.tables[t])) for t in self.tables)
         said = [w.lower() for w in words(question)]
-        mentioned = [(t, c) for t, cols in tables for c, _ in cols if mentions(said, c)]
-        labels = [(t, next(c for c, k in cols if k == "text")) for t, cols in tables if any(k == "text" for _, k in cols)]
+        said_stems = {stem(w) for w in said}
+        # Keys (ids, foreign keys and what they reference) join rows; a question rarely asks for one,
+        # and "each doctor" names doctor.doctor_id only by its table: a key is returned, grouped by or
+        # compared with a number only when the question says its whole name ("the airport code").
+        keys = {(t, c) for t, c, rt, rc in self.schema.foreign_keys} | {(rt, rc) for _, _, rt, rc in self.schema.foreign_keys}
+        keys |= {(t, c) for t, cols in tables for c, _ in cols if c.lower() == "id" or c.lower().endswith("_id")}
+
+        def plain(t: str, c: str) -> bool:
+            return (t, c) not in keys or stem(c.lower()) in said_stems
+
+        mentioned = [(t, c) for t, cols in tables for c, _ in cols if mentions(said, c) and plain(t, c)]
+        labels = [(t, next((c for c, k in texts if plain(t, c)), texts[0][0]))
+                  for t, cols in tables if (texts := [(c, k) for c, k in cols if k == "text"])]
         numeric_mentioned = tuple(p for p in mentioned if dict(dict(tables)[p[0]])[p[1]] == "number")
         return GrammarSpec(
             tables, tuple(self.foreign_keys()), tuple((m.table, m.column, m.value) for m in self.values),

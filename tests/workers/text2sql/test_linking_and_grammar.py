@@ -118,3 +118,20 @@ def test_a_malformed_query_counts_less():
     bad = Candidate("SELECT SUM(s) FROM p GROUP BY c", -0.1, "greedy", ExecutionResult(["x"], rows1, False, 0, result_key(rows1)))
     good = Candidate("SELECT c, SUM(s) FROM p GROUP BY c", -0.9, "sample", ExecutionResult(["x"], rows2, False, 0, result_key(rows2)))
     assert Selector().select([bad, good]).chosen is good
+
+
+@pytest.mark.parametrize("question, refused, allowed", [
+    ("Count the doctors in each specialty.", "SELECT doctor_id, COUNT(*) FROM doctor GROUP BY doctor_id",
+     "SELECT specialty, COUNT(*) FROM doctor GROUP BY specialty"),
+    ("How many aircraft were built before 2005?", "SELECT COUNT(*) FROM aircraft WHERE aircraft_id < 2005",
+     "SELECT COUNT(*) FROM aircraft WHERE built_year < 2005"),
+    ("Which artists come from Spain?", "SELECT artist_name, artist_name, artist_name, artist_name FROM artist",
+     "SELECT artist_name FROM artist WHERE origin_country = 'Spain'"),
+])
+def test_keys_and_runaway_repetition_are_outside_the_grammar(t2s_dbs, question, refused, allowed):
+    """A key named only by its table ("each doctor" -> doctor_id) is not an answer; nor are four columns."""
+    db = {"doctor": "clinic", "aircraft": "airline", "artist": "music"}[refused.split(" FROM ")[1].split()[0]]
+    linked = Schema.load(t2s_dbs / f"{db}.sqlite").link(question)
+    for shaped in (True, False):
+        grammar = sql_grammar(linked.grammar_spec(question, shaped=shaped))
+        assert accepts(grammar, allowed) and not accepts(grammar, refused)
