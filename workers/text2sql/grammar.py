@@ -33,7 +33,15 @@ _CUES = {
     "GROUP": ("each", "per", "every", "grouped", "breakdown", "most", "fewest"),
     "ORDER": ("order", "ordered", "sort", "sorted", "alphabetical", "alphabetically", "rank", "ranked"),
 }
-NEGATION = ("not", "other than", "except")  # the only cue for an operator: "!="; the others are always allowed
+_OPS = {
+    ">": ("more than", "greater than", "over", "above", "after", "exceed", "exceeds", "higher than", "larger than",
+          "bigger than", "later than", "longer than"),
+    "<": ("less than", "fewer than", "under", "below", "before", "lower than", "smaller than", "earlier than",
+          "shorter than", "cheaper than"),
+    ">=": ("at least", "or more", "no less than"),
+    "<=": ("at most", "or less", "or fewer", "no more than", "up to"),
+    "!=": ("not", "other than", "except"),
+}
 
 
 def _has(text: str, phrases) -> int:
@@ -61,11 +69,15 @@ class QueryShape:
         aggs = [a for a in ("COUNT", "AVG", "SUM") if _has(text, _CUES[a])]
         extreme = bool(_has(text, _CUES["MINMAX"]))
         aggs += ["MIN", "MAX"] if extreme else []
-        # Comparison words are too many to list ("since", "older than", "exceeding" ...): every
-        # comparison stays allowed, and the model reads the direction from the question.
-        ops = tuple(op for op in ALL_OPS if op != "!=" or _has(text, NEGATION))
+        # Measured on the dev set, a 135M model given every operator often reverses "before" or "at least":
+        # the shaped grammar keeps the cued ones; a phrasing the cues miss is left to the open candidates.
+        cued = {op: _has(text, phrases) for op, phrases in _OPS.items()}
+        ops = [op for op, n in cued.items() if n]
+        numbers = len(regex.findall(r"\b\d+(?:\.\d+)?\b", question))
+        if set(ops) <= {"!="} or numbers > sum(cued.values()):
+            ops.append("=")  # a number with no comparison word is compared for equality ("not" may be "= 0")
         sort = bool(_has(text, _CUES["ORDER"]))
-        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])), extreme or sort, ops, sort)
+        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])), extreme or sort, tuple(ops), sort)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,9 @@ def test_the_shaped_grammar_allows_only_the_clauses_the_question_cues_and_the_op
     assert not accepts(sql_grammar(linked.grammar_spec(question)), counted)
     assert accepts(sql_grammar(linked.grammar_spec(question, shaped=False)), counted)
     assert linked.grammar_spec(question, shaped=False).shape == QueryShape.open()
+    reversed_ = "SELECT name FROM products WHERE price < 500"
+    assert not accepts(sql_grammar(linked.grammar_spec(question)), reversed_)
+    assert accepts(sql_grammar(linked.grammar_spec(question, shaped=False)), reversed_)
 
 
 def test_examples_are_picked_by_the_shape_of_the_question(t2s_dbs):
