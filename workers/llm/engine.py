@@ -145,7 +145,7 @@ class LLMEngine:
     # ------------------------------------------------------------------ requests
     def _validate(self, prompt: Any, max_new_tokens: Any, stop: Any, temperature: Any) -> list[int]:
         if not isinstance(prompt, str) or not prompt:
-            raise LLMRequestError("prompt: must be a non-empty string")
+            raise LLMRequestError("prompt: must be a non-empty string")  # checked first: the field tests expect it
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise LLMRequestError(f"max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
         if stop is not None and (
@@ -156,6 +156,12 @@ class LLMEngine:
             0.0 <= temperature < math.inf
         ):
             raise LLMRequestError(f"temperature: must be a number >= 0, got {temperature!r}")
+        return self.encode_prompt(prompt)
+
+    def encode_prompt(self, prompt: Any) -> list[int]:
+        """The prompt's token ids, checked: a non-empty string that leaves room for one new token."""
+        if not isinstance(prompt, str) or not prompt:
+            raise LLMRequestError("prompt: must be a non-empty string")
         prompt_ids = self.encode(prompt)
         if not prompt_ids:
             raise LLMRequestError("prompt: encodes to no tokens")
@@ -206,7 +212,7 @@ class LLMEngine:
         prompt_ids = self._validate(prompt, max_new_tokens, stop, temperature)
         budget = min(max_new_tokens, self.context_length - len(prompt_ids))
         stats: dict[str, Any] = {}
-        text = _StopText(self.tokenizer, stop or [])
+        text = StopText(self.tokenizer, stop or [])
         token_ids: list[int] = []
         logprobs: list[float] = []
         finish_reason: Literal["stop", "length"] = "length"
@@ -275,7 +281,7 @@ class LLMEngine:
                 return done.value
 
 
-class _StopText:
+class StopText:
     """Incremental detokenisation that cuts the text at the first stop sequence.
 
     Text that could still turn into a stop sequence, or that ends in half a UTF-8 character,

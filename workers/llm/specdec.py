@@ -151,6 +151,68 @@ def _prior_cost(n_tokens: int) -> float:
     return c1 + (c1 - c0) * (n_tokens - n1) / (n1 - n0)
 
 
+class SpeculativeSession:
+    """One request's drafting state and its speculative step: draft, verify in one target forward,
+    keep the longest prefix that equals the target's own choices plus one token of the target's.
+
+    The caller owns the target's KV cache: ``verify(tokens)`` runs the target on ``tokens`` after
+    the cache and returns (logits, hidden states) at every position; the step then cuts the cache
+    back to the accepted prefix with ``crop(length)``.
+    """
+
+    def __init__(self, target: Target, config: SpecDecConfig, prompt_ids: list[int], stats: dict[str, Any]):
+        try:
+            drafter = drafter_for(target, config)
+        except (ValueError, FileNotFoundError) as error:
+            raise LLMRequestError(f"speculative.{error}") from None
+        self.config = config
+        self.controller = DraftLengthController(config)
+        self.session = drafter.start(prompt_ids)
+        self.stats = stats
+        stats.update(method=config.method, drafted_tokens=0, accepted_tokens=0, draft_seconds=0.0,
+                     verify_seconds=0.0, draft_lengths={})
+
+    def step(self, ids: list[int], feature, room: int, verify: Callable, crop: Callable[[int], None],
+             choose: Callable[[list[int], Any], TokenStep]) -> tuple[list[TokenStep], Any]:
+        """Decide the next tokens after ``ids`` (extended in place); returns them and the new feature.
+
+        ``feature`` is the target's last hidden state at the position that chose ``ids[-1]``;
+        ``room`` bounds the drafted tokens; ``choose(ids, logits)`` is the target's greedy choice.
+        """
+        stats = self.stats
+        wanted = min(self.controller.next_length(), room)
+        started = time.perf_counter()
+        draft = self.session.propose(ids, feature, wanted, self.config.confidence_threshold) if wanted > 0 else []
+        draft_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        logits, hidden = verify([ids[-1], *draft])
+        verify_seconds = time.perf_counter() - started
+
+        kept: list[TokenStep] = []
+        for i in range(len(draft) + 1):
+            kept.append(choose(ids, logits[i]))
+            ids.append(kept[-1].token_id)
+            if i == len(draft) or kept[-1].token_id != draft[i]:
+                break
+        accepted = len(kept) - 1
+        crop(len(ids) - 1)  # keep the accepted prefix; the newest token is fed next step
+
+        self.controller.update(len(draft), accepted, draft_seconds, verify_seconds)
+        stats["target_steps"] = stats.get("target_steps", 0) + 1
+        stats["drafted_tokens"] += len(draft)
+        stats["accepted_tokens"] += accepted
+        stats["draft_seconds"] += draft_seconds
+        stats["verify_seconds"] += verify_seconds
+        stats["draft_lengths"][len(draft)] = stats["draft_lengths"].get(len(draft), 0) + 1
+        return kept, hidden[accepted]
+
+    def close(self) -> None:
+        self.session.close()
+        drafted = self.stats["drafted_tokens"]
+        self.stats["acceptance_rate"] = self.stats["accepted_tokens"] / drafted if drafted else 0.0
+
+
 class SpeculativeDecoding:
     """The decoding strategy that drafts with ``config``'s drafter and verifies with the target."""
 
@@ -160,71 +222,32 @@ class SpeculativeDecoding:
     def steps(self, target: Target, prompt_ids: list[int], budget: int, logits_processor: Callable | None,
               stats: dict[str, Any]) -> Iterator[TokenStep]:
         """Yield the target's greedy tokens, several per target forward when the draft guesses right."""
-        return _speculative_steps(target, prompt_ids, budget, self.config, logits_processor, stats)
+        speculation = SpeculativeSession(target, self.config, prompt_ids, stats)
+        cache = target.new_cache()
 
+        def choose(ids: list[int], logits) -> TokenStep:
+            return target.choose(ids, logits, logits_processor)
 
-def _speculative_steps(
-    engine: Target,
-    prompt_ids: list[int],
-    budget: int,
-    config: SpecDecConfig,
-    logits_processor: Callable | None,
-    stats: dict[str, Any],
-) -> Iterator[TokenStep]:
-    try:
-        drafter = drafter_for(engine, config)
-    except (ValueError, FileNotFoundError) as error:
-        raise LLMRequestError(f"speculative.{error}") from None
-    controller = DraftLengthController(config)
-    stats.update(method=config.method, target_steps=0, drafted_tokens=0, accepted_tokens=0,
-                 draft_seconds=0.0, verify_seconds=0.0, draft_lengths={})
-    session = drafter.start(prompt_ids)
-    cache = engine.new_cache()
-    try:
-        started = time.perf_counter()
-        logits, hidden = engine.forward(prompt_ids, cache)
-        stats["prefill_seconds"] = time.perf_counter() - started
-        stats["target_steps"] += 1
-        ids = list(prompt_ids)
-        step = engine.choose(ids, logits[-1], logits_processor)
-        feature = hidden[-1]  # target's last hidden state at the position that chose ids[-1]
-        yield step
-        ids.append(step.token_id)
-        generated = 1
-        while generated < budget:
-            room = min(budget - generated - 1, engine.context_length - len(ids) - 1)
-            wanted = min(controller.next_length(), room)
+        try:
             started = time.perf_counter()
-            draft = session.propose(ids, feature, wanted, config.confidence_threshold) if wanted > 0 else []
-            draft_seconds = time.perf_counter() - started
-
-            started = time.perf_counter()
-            logits, hidden = engine.forward([ids[-1], *draft], cache, all_logits=True)
-            verify_seconds = time.perf_counter() - started
-
-            kept: list[TokenStep] = []
-            for i in range(len(draft) + 1):
-                kept.append(engine.choose(ids, logits[i], logits_processor))
-                ids.append(kept[-1].token_id)
-                if i == len(draft) or kept[-1].token_id != draft[i]:
-                    break
-            accepted = len(kept) - 1
-            crop_cache(cache, len(ids) - 1)  # keep the accepted prefix; the newest token is fed next step
-            feature = hidden[accepted]
-
-            controller.update(len(draft), accepted, draft_seconds, verify_seconds)
-            stats["target_steps"] += 1
-            stats["drafted_tokens"] += len(draft)
-            stats["accepted_tokens"] += accepted
-            stats["draft_seconds"] += draft_seconds
-            stats["verify_seconds"] += verify_seconds
-            stats["draft_lengths"][len(draft)] = stats["draft_lengths"].get(len(draft), 0) + 1
-            generated += len(kept)
-            yield from kept
-    finally:
-        session.close()
-        drafted = stats["drafted_tokens"]
-        stats["acceptance_rate"] = stats["accepted_tokens"] / drafted if drafted else 0.0
+            logits, hidden = target.forward(prompt_ids, cache)
+            stats["prefill_seconds"] = time.perf_counter() - started
+            stats["target_steps"] = 1
+            ids = list(prompt_ids)
+            step = choose(ids, logits[-1])
+            feature = hidden[-1]  # target's last hidden state at the position that chose ids[-1]
+            yield step
+            ids.append(step.token_id)
+            generated = 1
+            while generated < budget:
+                room = min(budget - generated - 1, target.context_length - len(ids) - 1)
+                kept, feature = speculation.step(
+                    ids, feature, room, verify=lambda tokens: target.forward(tokens, cache, all_logits=True),
+                    crop=lambda length: crop_cache(cache, length), choose=choose)
+                generated += len(kept)
+                yield from kept
+        finally:
+            speculation.close()
 
 
 _build_lock = threading.Lock()

@@ -1,0 +1,535 @@
+"""A continuous-batching engine for CPU classes and the embedded default model.
+
+One scheduler thread owns the model. Between two decode steps it admits waiting requests into the
+running batch (the most urgent first, see ``AdmissionQueue``), prefills each, and joins its KV
+cache to the batch's; then one forward pass decodes one token for every running request. A
+request leaves the batch as soon as it ends, and the next waiting one takes its place.
+
+- Batch rows are left-padded to a common cache width; the attention mask hides the padding and
+  each row keeps its own positions, so every request decodes as it would alone.
+- Grammar-constrained requests (an EBNF ``grammar`` or a ``json_schema``) go through xgrammar: a
+  matcher per request fills that request's row of a token bitmask before each choice.
+- When one greedy request runs alone, the engine's speculative step decodes it (draft, verify
+  several tokens in one forward, keep what equals the target's own choices): lossless, and the
+  single stream gets faster. With several requests the batch already keeps the CPU busy.
+
+    engine = BatchingEngine.load_default()
+    result = await engine.generate(prompt, max_tokens=64, stop=[";"], grammar=ebnf, priority=0)
+    async for piece in engine.stream(prompt, options=GenerationOptions(max_tokens=64)): ...
+    engine.submit(prompt, max_tokens=64).result()        # from plain (non-async) threads
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterator, Literal
+
+from pydantic import ValidationError
+
+from tessera.api.workflow import GenerationOptions
+from tessera.workers.llm.engine import LLMEngine, StopText
+from tessera.workers.llm.specdec import SpecDecConfig, SpeculativeSession
+from tessera.workers.llm.steps import GenerationResult, LLMRequestError, TokenStep, crop_cache
+
+DEFAULT_MAX_BATCH = 16
+
+
+# ---------------------------------------------------------------------------- admission
+@dataclass(order=True)
+class _Waiting:
+    priority: int
+    arrival: int
+    request: "Request" = field(compare=False)
+
+
+class AdmissionQueue:
+    """Waiting requests in admission order: lower ``priority`` first (vLLM's convention), then arrival."""
+
+    def __init__(self):
+        self._heap: list[_Waiting] = []
+        self._arrivals = itertools.count()
+
+    def push(self, request: "Request") -> None:
+        heapq.heappush(self._heap, _Waiting(request.priority, next(self._arrivals), request))
+
+    def pop(self, free_slots: int) -> list["Request"]:
+        """Up to ``free_slots`` requests to admit now, most urgent first."""
+        return [heapq.heappop(self._heap).request for _ in range(min(free_slots, len(self._heap)))]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+# ---------------------------------------------------------------------------- requests
+class Request:
+    """One submitted generation: its options, its decoding state and where its text goes.
+
+    ``result(timeout)`` blocks until the end; ``pieces()`` yields text as it is decided. Async
+    callers use ``BatchingEngine.generate``/``stream`` instead.
+    """
+
+    def __init__(self, prompt_ids: list[int], options: GenerationOptions, priority: int, seed: int | None,
+                 speculative: bool, matcher, tokenizer, budget: int):
+        self.prompt_ids = prompt_ids
+        self.options = options
+        self.priority = priority
+        self.seed = seed
+        self.speculative = speculative and options.temperature == 0.0
+        self.matcher = matcher  # xgrammar GrammarMatcher, or None
+        self.budget = budget
+        self.ids = list(prompt_ids)
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.text = StopText(tokenizer, list(options.stop))
+        self.finish_reason: Literal["stop", "length"] = "length"
+        self.stats: dict[str, Any] = {"method": "batched", "target_steps": 0, "batch_sizes": {}}
+        self.submitted = time.perf_counter()
+        self.admitted = self.first_token = self.finished = 0.0
+        self.feature = None  # the target's last hidden state at the position that chose ids[-1]
+        self.speculation: SpeculativeSession | None = None
+        self.generator = None
+        self.cancelled = False
+        self._pieces: queue.SimpleQueue = queue.SimpleQueue()
+        self._async: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None
+        self._done = threading.Event()
+        self._result: GenerationResult | None = None
+        self._error: BaseException | None = None
+
+    # -- consumer side
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"no result within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def pieces(self) -> Iterator[str]:
+        while True:
+            item = self._pieces.get()
+            if item is None:
+                break
+            yield item
+        self.result()  # raises the request's error, if any
+
+    def cancel(self) -> None:
+        """Stop decoding this request at the next step (a client that went away)."""
+        self.cancelled = True
+
+    # -- scheduler side
+    def _emit(self, item: str | None) -> None:
+        if self._async is not None:
+            loop, pieces = self._async
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+        else:
+            self._pieces.put(item)
+
+    def accept(self, step: TokenStep, eos_ids: frozenset[int]) -> bool:
+        """Take one decided token (the caller appends it to ``ids``); returns whether the request ended."""
+        if not self.token_ids and not self.logprobs:
+            self.first_token = time.perf_counter()
+        self.logprobs.append(step.logprob)
+        if self.matcher is not None:
+            self.matcher.accept_token(step.token_id)
+        if step.token_id in eos_ids:
+            self.finish_reason = "stop"
+            return True
+        self.token_ids.append(step.token_id)
+        piece, stopped = self.text.push(self.token_ids)
+        if piece:
+            self._emit(piece)
+        if stopped or (self.matcher is not None and self.matcher.is_terminated()):
+            self.finish_reason = "stop"
+            return True
+        return len(self.token_ids) >= self.budget
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.finished = time.perf_counter()
+        if error is None:
+            tail = self.text.flush(self.token_ids)
+            if tail:
+                self._emit(tail)
+            self.stats.update(generated_tokens=len(self.token_ids), decoded_tokens=len(self.logprobs),
+                              seconds=self.finished - self.submitted)
+            self.stats["mean_tokens_per_step"] = len(self.logprobs) / max(1, self.stats["target_steps"])
+            if self.speculation is not None:
+                self.speculation.close()
+            self._result = GenerationResult(
+                text=self.text.text, token_ids=self.token_ids, finish_reason=self.finish_reason,
+                mean_logprob=sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0,
+                prompt_tokens=len(self.prompt_ids), seconds=self.finished - self.submitted, stats=self.stats,
+                queued_seconds=self.admitted - self.submitted,
+                first_token_seconds=(self.first_token or self.finished) - self.submitted,
+            )
+        self._error = error
+        self._done.set()
+        self._emit(None)
+
+
+# ---------------------------------------------------------------------------- the batch
+class _Batch:
+    """The running requests and their KV cache: row i of every cache tensor belongs to requests[i].
+
+    Rows are left-padded to one width; ``mask`` (rows x width) is 1 where a row has a real token.
+    """
+
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self.requests: list[Request] = []
+        self.cache = None
+        self.mask = None
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    @property
+    def width(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def join(self, request: Request, cache) -> None:
+        """Add a prefilled request: pad the narrower side on the left, stack the rows."""
+        import torch
+
+        length = cache.get_seq_length()
+        row_mask = torch.ones(1, length, dtype=torch.long)
+        if self.cache is None:
+            self.requests, self.cache, self.mask = [request], cache, row_mask
+            return
+        width = max(self.width, length)
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys, mine.values = (torch.cat([_left_pad(a, width), _left_pad(b, width)])
+                                      for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)))
+        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(row_mask, width, dim=1)])
+        self.requests.append(request)
+
+    def remove(self, done: list[Request]) -> None:
+        """Drop finished rows, then the leading columns that are padding in every row left."""
+        import torch
+
+        keep = [i for i, r in enumerate(self.requests) if r not in done]
+        if not keep:
+            self.requests, self.cache, self.mask = [], None, None
+            return
+        index = torch.tensor(keep)
+        self.requests = [self.requests[i] for i in keep]
+        self.mask = self.mask[index]
+        first_real = int(self.mask.argmax(dim=1).min())  # leading columns no row uses
+        self.mask = self.mask[:, first_real:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, first_real:], layer.values[index, :, first_real:]
+
+    def forward(self, tokens):
+        """One token per row: returns (logits [rows, vocab], last hidden states [rows, hidden])."""
+        import torch
+
+        model = self.engine.model
+        ids = torch.tensor(tokens, dtype=torch.long)[:, None]
+        positions = self.mask.sum(dim=1, keepdim=True)
+        self.mask = torch.cat([self.mask, torch.ones(len(tokens), 1, dtype=torch.long)], dim=1)
+        with torch.inference_mode():
+            hidden = model.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                                 past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+            logits = model.lm_head(hidden)
+        return logits.float(), hidden
+
+    def crop(self, length: int) -> None:
+        """Single row only (speculative decoding): keep the first ``length`` cached positions."""
+        import torch
+
+        crop_cache(self.cache, length)
+        self.mask = torch.ones(1, length, dtype=torch.long)
+
+
+def _left_pad(tensor, width: int, dim: int = 2):
+    import torch.nn.functional as F
+
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    pad = [0, 0] * (tensor.dim() - 1 - dim) + [missing, 0]  # F.pad lists dims from the last one back
+    return F.pad(tensor, pad)
+
+
+# ---------------------------------------------------------------------------- the engine
+class BatchingEngine:
+    """Serves many requests at once on one model (see the module docstring)."""
+
+    def __init__(self, engine: LLMEngine, max_batch_size: int = DEFAULT_MAX_BATCH,
+                 speculative: SpecDecConfig | None = None):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size: must be at least 1, got {max_batch_size}")
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.speculative = speculative
+        self._waiting = AdmissionQueue()
+        self._batch = _Batch(engine)
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._grammars = None  # xgrammar compiler, built at the first constrained request
+        self._grammar_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"batching-{engine.name}", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def load_default(cls, max_batch_size: int = DEFAULT_MAX_BATCH, speculative: SpecDecConfig | None = None,
+                     **load) -> "BatchingEngine":
+        return cls(LLMEngine.load_default(**load), max_batch_size, speculative)
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return self.engine.chat_prompt(messages)
+
+    # ------------------------------------------------------------------ public API
+    def submit(self, prompt: str, options: GenerationOptions | dict | None = None, *, priority: int = 0,
+               seed: int | None = None, speculative: bool = True, **fields) -> Request:
+        """Queue one request; ``options`` or the same fields as keywords (``max_tokens``,
+        ``temperature``, ``stop``, ``grammar``, ``json_schema``). Bad input raises LLMRequestError
+        naming the field."""
+        request = self._request(prompt, options, priority, seed, speculative, fields)
+        with self._wake:
+            if self._stopped:
+                raise RuntimeError("the engine is closed")
+            self._waiting.push(request)
+            self._wake.notify()
+        return request
+
+    async def generate(self, prompt: str, options: GenerationOptions | dict | None = None, *, priority: int = 0,
+                       seed: int | None = None, speculative: bool = True, **fields) -> GenerationResult:
+        """The whole answer (text, token ids, finish reason, timings, stats)."""
+        pieces = self.stream(prompt, options, priority=priority, seed=seed, speculative=speculative, **fields)
+        async for _piece in pieces:
+            pass
+        return pieces.request.result(0)
+
+    def stream(self, prompt: str, options: GenerationOptions | dict | None = None, *, priority: int = 0,
+               seed: int | None = None, speculative: bool = True, **fields) -> "_AsyncPieces":
+        """Text pieces as they are decided (``async for``); ``.request.result()`` afterwards."""
+        return _AsyncPieces(self, prompt, options, priority, seed, speculative, fields)
+
+    def close(self) -> None:
+        """Stop the scheduler; running and waiting requests end with an error."""
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ validation
+    def _request(self, prompt: Any, options: Any, priority: Any, seed: Any, speculative: bool,
+                 fields: dict) -> Request:
+        options = _options(options, fields)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise LLMRequestError(f"priority: must be an integer, got {priority!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise LLMRequestError(f"seed: must be an integer, got {seed!r}")
+        prompt_ids = self.engine.encode_prompt(prompt)
+        budget = min(options.max_tokens, self.engine.context_length - len(prompt_ids))
+        matcher = self._matcher(options)
+        return Request(prompt_ids, options, priority, seed, speculative, matcher, self.engine.tokenizer, budget)
+
+    def _matcher(self, options: GenerationOptions):
+        if options.grammar is None and options.json_schema is None:
+            return None
+        if options.grammar is not None and options.json_schema is not None:
+            raise LLMRequestError("grammar: give at most one of grammar and json_schema")
+        import xgrammar
+
+        with self._grammar_lock:
+            if self._grammars is None:
+                info = xgrammar.TokenizerInfo.from_huggingface(
+                    self.engine.tokenizer, vocab_size=self.engine.model.config.vocab_size,
+                    stop_token_ids=sorted(self.engine.eos_token_ids))
+                self._grammars = xgrammar.GrammarCompiler(info, max_threads=1)
+        try:
+            if options.grammar is not None:
+                compiled = self._grammars.compile_grammar(options.grammar)
+            else:
+                compiled = self._grammars.compile_json_schema(json.dumps(options.json_schema))
+        except Exception as error:  # xgrammar reports syntax errors as RuntimeError/ValueError
+            name = "grammar" if options.grammar is not None else "json_schema"
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise LLMRequestError(f"{name}: {first_line}") from None
+        return xgrammar.GrammarMatcher(compiled)
+
+    # ------------------------------------------------------------------ the scheduler
+    def _run(self) -> None:
+        import torch
+
+        self._bitmask = None
+        while True:
+            with self._wake:
+                while not self._stopped and not len(self._waiting) and not len(self._batch):
+                    self._wake.wait()
+                if self._stopped:
+                    break
+                admitted = self._waiting.pop(self.max_batch_size - len(self._batch))
+            try:
+                for request in admitted:
+                    self._prefill(request)
+                if len(self._batch):
+                    self._step(torch)
+            except Exception as error:  # a bug must not hang callers: fail what was running
+                for request in self._batch.requests:
+                    request.finish(error)
+                self._batch = _Batch(self.engine)
+        closed = RuntimeError("the engine was closed")
+        for request in self._batch.requests + self._waiting.pop(len(self._waiting)):
+            request.finish(closed)
+
+    def _prefill(self, request: Request) -> None:
+        request.admitted = time.perf_counter()
+        if request.cancelled:
+            request.finish()
+            return
+        cache = self.engine.new_cache()
+        logits, hidden = self.engine.forward(request.prompt_ids, cache)
+        request.stats["target_steps"] += 1
+        request.stats["prefill_seconds"] = time.perf_counter() - request.admitted
+        request.feature = hidden[-1]
+        first = self._choose(request, self._masked(request, logits[-1]))
+        request.ids.append(first.token_id)
+        if request.accept(first, self.engine.eos_token_ids):
+            request.finish()
+        else:
+            self._batch.join(request, cache)
+
+    def _step(self, torch) -> None:
+        batch = self._batch
+        if len(batch) == 1 and self.speculative is not None and batch.requests[0].speculative:
+            done = self._speculative_step(batch.requests[0])
+        else:
+            logits, hidden = batch.forward([r.ids[-1] for r in batch.requests])
+            self._apply_grammars(logits)
+            done = []
+            for row, request in enumerate(batch.requests):
+                request.stats["target_steps"] += 1
+                sizes = request.stats["batch_sizes"]
+                sizes[len(batch)] = sizes.get(len(batch), 0) + 1
+                request.feature = hidden[row]
+                step = self._choose(request, logits[row])
+                request.ids.append(step.token_id)
+                if request.accept(step, self.engine.eos_token_ids) or request.cancelled:
+                    done.append(request)
+        if done:
+            batch.remove(done)
+            for request in done:
+                request.finish()
+
+    def _speculative_step(self, request: Request) -> list[Request]:
+        """Draft, verify and accept several tokens of the one running request (no padding then)."""
+        if request.speculation is None:
+            request.speculation = SpeculativeSession(self.engine, self.speculative, request.prompt_ids, request.stats)
+            request.stats["method"] = f"batched+{self.speculative.method}"
+        batch = self._batch
+        room = min(request.budget - len(request.token_ids) - 1, self.engine.context_length - len(request.ids) - 1)
+        ended = False
+
+        def choose(_ids: list[int], logits) -> TokenStep:
+            nonlocal ended
+            if ended:  # the request ended earlier in this step; -1 never equals a drafted token
+                return TokenStep(-1, 0.0)
+            step = self._choose(request, self._masked(request, logits))
+            ended = request.accept(step, self.engine.eos_token_ids)
+            return step
+
+        _kept, request.feature = request.speculation.step(
+            request.ids, request.feature, max(0, room),
+            verify=lambda tokens: self.engine.forward(tokens, batch.cache, all_logits=True),
+            crop=batch.crop, choose=choose)
+        return [request] if ended or request.cancelled else []
+
+    def _apply_grammars(self, logits) -> None:
+        """Each constrained row's bitmask from its own matcher, applied to the batch's logits in place."""
+        constrained = [row for row, r in enumerate(self._batch.requests) if r.matcher is not None]
+        if not constrained:
+            return
+        import xgrammar
+
+        if self._bitmask is None:
+            self._bitmask = xgrammar.allocate_token_bitmask(self.max_batch_size, logits.shape[-1])
+        for row in constrained:
+            self._batch.requests[row].matcher.fill_next_token_bitmask(self._bitmask, row)
+        xgrammar.apply_token_bitmask_inplace(logits, self._bitmask[: len(self._batch)], indices=constrained)
+
+    def _masked(self, request: Request, logits):
+        """A copy of one row of logits with the request's grammar applied (outside the batched step)."""
+        logits = logits.clone()
+        if request.matcher is not None:
+            import xgrammar
+
+            bitmask = xgrammar.allocate_token_bitmask(1, logits.shape[-1])
+            request.matcher.fill_next_token_bitmask(bitmask, 0)
+            xgrammar.apply_token_bitmask_inplace(logits[None], bitmask)
+        return logits
+
+    def _choose(self, request: Request, logits) -> TokenStep:
+        """The request's next token from its (already masked) logits: greedy or sampled."""
+        import torch
+
+        logprobs = torch.log_softmax(logits, dim=-1)
+        temperature = request.options.temperature
+        if temperature == 0.0:
+            token = int(torch.argmax(logits))
+        else:
+            if request.generator is None:
+                request.generator = torch.Generator()
+                if request.seed is not None:
+                    request.generator.manual_seed(request.seed)
+                else:
+                    request.generator.seed()
+            probs = torch.softmax(logits / temperature, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=request.generator))
+        return TokenStep(token, float(logprobs[token]))
+
+
+class _AsyncPieces:
+    """``async for piece in engine.stream(...)``: submits on first iteration, cancels if abandoned."""
+
+    def __init__(self, engine: BatchingEngine, prompt, options, priority, seed, speculative, fields):
+        self._args = (engine, prompt, options, priority, seed, speculative, fields)
+        self.request: Request | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        engine, prompt, options, priority, seed, speculative, fields = self._args
+        request = engine._request(prompt, options, priority, seed, speculative, fields)
+        pieces: asyncio.Queue = asyncio.Queue()
+        request._async = (asyncio.get_running_loop(), pieces)
+        with engine._wake:
+            if engine._stopped:
+                raise RuntimeError("the engine is closed")
+            engine._waiting.push(request)
+            engine._wake.notify()
+        self.request = request
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+        finally:
+            if not request._done.is_set():
+                request.cancel()
+        if request._error is not None:
+            raise request._error
+
+
+def _options(options: Any, fields: dict) -> GenerationOptions:
+    """One GenerationOptions from the model, a dict of its fields, or keyword fields."""
+    if options is not None and fields:
+        raise LLMRequestError(f"{next(iter(fields))}: give the generation options either as options or as keywords")
+    if isinstance(options, GenerationOptions):
+        return options
+    try:
+        return GenerationOptions.model_validate(options if options is not None else fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "options"
+        raise LLMRequestError(f"{where}: {first['msg']}") from None
