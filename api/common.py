@@ -40,6 +40,7 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,  # every float on the wire is finite: .inf or .nan would reach the planner's arithmetic
     )
 
     def to_wire(self) -> dict[str, Any]:

@@ -148,7 +148,7 @@ class SLO(WireModel):
     latency_ms: float = Field(gt=0, description="End-to-end latency target.")
     percentile: float = Field(default=99, gt=0, lt=100, description="Percentile the target applies to.")
     deadline_ms: float | None = Field(default=None, gt=0, description="Hard per-request deadline (default: latencyMs).")
-    requests_per_second: float = Field(default=1, gt=0, description="Planned request rate.")
+    requests_per_second: float = Field(default=1, gt=0, le=1e6, description="Planned request rate (at most a million per second).")
 
 
 class Objective(str, Enum):

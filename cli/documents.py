@@ -12,6 +12,62 @@ from tessera.api import ResourceError, parse_resource
 from tessera.api.validation import describe
 
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 4 * 1024 * 1024  # etcd stores an object of at most 1.5 MiB; a file of several fits in 4
+MAX_DEPTH = 64  # nesting levels of one document; Kubernetes objects go about a dozen deep
+MAX_NODES = 1_000_000  # nodes of one document with every alias expanded ("billion laughs" stays out)
+
+
+class InputTooLarge(ValueError):
+    """A file beyond MAX_FILE_BYTES."""
+
+
+class DocumentTooLarge(yaml.composer.ComposerError):
+    """A document beyond MAX_DEPTH or MAX_NODES (a YAMLError, so it carries the line it was found at)."""
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` within MAX_DEPTH and MAX_NODES. Its composer recurses once per nesting level, so a
+    deeper document would end in RecursionError; and aliases expand as often as they are used downstream."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        if self.depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise DocumentTooLarge(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise DocumentTooLarge(
+                None, None, f"more than {MAX_NODES:,} values once its aliases are expanded", node.start_mark)
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes under ``node`` counting each alias as a copy; linear in the nodes (shared ones are counted once)."""
+    if id(node) not in sizes:
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def read_yaml(file: Path) -> list[Any]:
+    """The documents of one YAML file, within the limits above: InputTooLarge, yaml.YAMLError, OSError or
+    UnicodeDecodeError otherwise (a device such as /dev/zero is read up to the limit, not to the end)."""
+    with file.open("rb") as stream:
+        data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise InputTooLarge(f"larger than {MAX_FILE_BYTES // 2**20} MiB (a Kubernetes object is at most 1.5 MiB)")
+    return list(yaml.load_all(data.decode("utf-8"), Loader=BoundedLoader))
 
 
 @dataclass(frozen=True)
@@ -48,14 +104,15 @@ def read_documents(paths: list[str]) -> tuple[list[Document], list[str]]:
             continue
         for file in yaml_files(path):
             try:
-                bodies = list(yaml.safe_load_all(file.read_text()))
+                bodies = read_yaml(file)
             except yaml.YAMLError as err:
                 mark = getattr(err, "problem_mark", None)
                 where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
                 problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-                problems.append(f"{file}: YAML syntax error: {where}{problem}")
+                label = "YAML document too large" if isinstance(err, DocumentTooLarge) else "YAML syntax error"
+                problems.append(f"{file}: {label}: {where}{problem}")
                 continue
-            except (OSError, UnicodeDecodeError) as err:
+            except (OSError, UnicodeDecodeError, InputTooLarge) as err:
                 problems.append(f"{file}: cannot read: {err}")
                 continue
             for body in bodies:
@@ -91,4 +148,4 @@ def load(paths: list[str]) -> Loaded:
     return loaded
 
 
-__all__ = ["Document", "Loaded", "describe", "load", "read_documents"]
+__all__ = ["Document", "Loaded", "describe", "load", "read_documents", "read_yaml"]

@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
+        # a model file, a --plot path, a trace: the file named and why, not a traceback
+        print(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader went away (`| head`)
+        sys.stderr.close()
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from tessera.cli.errors import UserError
+from tessera.cli.ray_address import check_ray_address
 
 POLICIES = ("rr-fcfs", "rr-urgency", "wb-fcfs", "wb-urgency")
 EPILOG = """\
@@ -139,6 +140,7 @@ def _answer_with_serve(db: Path, args: argparse.Namespace) -> dict | None:
 
     from tessera.workers.runtime.app import build_app
 
+    check_ray_address()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:

@@ -74,7 +74,7 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(venv):
 def test_demo_help(venv):
     result = _run(venv, str(venv / "bin" / "tessera"), "demo", "--help")
     assert result.returncode == 0, result.stderr
-    assert "--workflow" in result.stdout and "Text-to-SQL" in result.stdout
+    assert result.stdout.startswith("usage: tessera demo") and "--workflow" in result.stdout
 
 
 def test_plan_the_shipped_examples(venv):
