@@ -1,7 +1,7 @@
 """Hardware classes as the simulator runs them: per-token costs, batching, KV room, power, price.
 
 The per-token figures come from the planner's roofline (``tessera.planner.cost``), calibrated so
-that an A100 decode step takes REFERENCE.md's 0.035 s. Classes REFERENCE.md measured (A100, H100,
+that an A100 decode step takes HEXGEN-TEXT2SQL's 0.035 s (docs/references.md). Classes it measured (A100, H100,
 A6000, L40S) keep its relative step times and per-token decode seconds; the others take the
 roofline's ratio to the A100.
 """
@@ -18,9 +18,9 @@ from tessera.examples import example_path
 from tessera.planner import cost
 
 REFERENCE_CLASS = "a100-80gb"
-# REFERENCE.md (HEXGEN-TEXT2SQL, Llama-3.1-70B 4-bit): time of a step relative to the A100.
+# docs/references.md (HEXGEN-TEXT2SQL, Llama-3.1-70B 4-bit): time of a step relative to the A100.
 REFERENCE_STEP_FACTOR = {"a100-80gb": 1.0, "h100-sxm": 0.48, "a6000": 1.9, "l40s": 1.8}
-# REFERENCE.md: per-token decode seconds (the H100's from its 0.48 factor).
+# docs/references.md: per-token decode seconds (the H100's from its 0.48 factor).
 REFERENCE_DECODE_S = {"a100-80gb": 0.035, "h100-sxm": 0.035 * 0.48, "a6000": 0.058, "l40s": 0.0545}
 DECODE_CONTEXT_TOKENS = 4096  # cache length at which batched decode steps are timed
 MAX_BATCH = 64  # running calls per engine, beside the KV-cache limit
@@ -102,7 +102,7 @@ class EngineClass:
         return input_tokens * self.prefill_s_per_token, output_tokens * self.decode_step_s[0]
 
     def step_factor(self, reference: "EngineClass", input_tokens: float, output_tokens: float) -> float:
-        """Time of a step here relative to the reference class: REFERENCE.md's factor, else the roofline's."""
+        """Time of a step here relative to the reference class: the paper's factor (docs/references.md), else the roofline's."""
         if self.name in REFERENCE_STEP_FACTOR:
             return REFERENCE_STEP_FACTOR[self.name]
         return sum(self.raw_call_s(input_tokens, output_tokens)) / sum(reference.raw_call_s(input_tokens, output_tokens))

@@ -32,7 +32,7 @@ class Step:
     continue_probability: float = 1.0
 
 
-# REFERENCE.md, HEXGEN-TEXT2SQL (CHESS-style), A100 serving Llama-3.1-70B 4-bit. The four candidates
+# docs/references.md, HEXGEN-TEXT2SQL (CHESS-style), A100 serving Llama-3.1-70B 4-bit. The four candidates
 # run in parallel; the other calls follow one another: 37.5 s per query on an A100.
 TEXT2SQL_STEPS = (
     Step("extract-keywords", 1, 667, 45, 1.14),

@@ -80,7 +80,7 @@ class WorkloadBalancedDispatcher(_Ledger):
     ``α · T_base(step) / T_e(step) − (1 − α) · W_e · k_e / W_base``.
 
     ``base_class`` names the class whose time is T_base; None takes the fastest class the call has
-    an estimate for, so the speed term lies in (0, 1]. REFERENCE.md leaves W_base open: we take the
+    an estimate for, so the speed term lies in (0, 1]. The paper leaves W_base open (docs/references.md): we take the
     mean weighted load ``W_e · k_e`` of the eligible replicas, at least T_base(step) so an idle fleet
     does not divide by zero; the load term is then a relative load, of the same order as the speed
     term. Ties go to the lower replica id.
