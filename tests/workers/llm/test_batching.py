@@ -1,0 +1,115 @@
+"""The batching engine: equal to plain greedy decoding in a concurrent batch, grammars always parse,
+priority decides admission."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from tessera.workers.llm.batching import AdmissionQueue, BatchingEngine
+from tessera.workers.llm.steps import LLMRequestError
+
+
+class _Queued:
+    def __init__(self, name: str, priority: int):
+        self.name, self.priority = name, priority
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "free", "admitted"),
+    [
+        ([("a", 0), ("b", 0), ("c", 0)], 2, ["a", "b"]),  # same priority: arrival order
+        ([("low", 5), ("urgent", 0), ("mid", 2)], 3, ["urgent", "mid", "low"]),  # lower value first
+        ([("low", 5), ("urgent", -1), ("mid", 2), ("mid2", 2)], 2, ["urgent", "mid"]),
+        ([("a", 1)], 0, []),  # a full batch admits nothing
+    ],
+)
+def test_admission_queue_orders_by_priority_then_arrival(arrivals, free, admitted):
+    waiting = AdmissionQueue()
+    for name, priority in arrivals:
+        waiting.push(_Queued(name, priority))
+    assert [r.name for r in waiting.pop(free)] == admitted
+    assert len(waiting) == len(arrivals) - len(admitted)
+
+
+@pytest.fixture(scope="module")
+def batching(llm_engine):
+    engine = BatchingEngine(llm_engine, max_batch_size=4)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.model
+def test_every_request_of_a_concurrent_batch_equals_plain_greedy_decoding(llm_engine, batching,
+                                                                          sql_and_chat_prompts):
+    prompts = [*sql_and_chat_prompts, sql_and_chat_prompts[0] + "SELECT"]
+    lengths = [12, 20, 6]  # rows leave the batch at different steps
+
+    async def together():
+        return await asyncio.gather(*[batching.generate(p, max_tokens=n) for p, n in zip(prompts, lengths)])
+
+    results = asyncio.run(together())
+    for prompt, n, result in zip(prompts, lengths, results):
+        plain = llm_engine.generate(prompt, max_new_tokens=n)
+        assert result.token_ids == plain.token_ids
+        assert result.text == plain.text
+    assert max(max(r.stats["batch_sizes"]) for r in results) == 3  # they really shared steps
+
+
+@pytest.mark.model
+def test_json_schema_answers_always_parse(batching, llm_engine):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "score": {"type": "integer", "minimum": 0, "maximum": 100}},
+              "required": ["name", "score"], "additionalProperties": False}
+    prompt = llm_engine.chat_prompt([{"role": "user", "content": "Give a player as JSON."}])
+    requests = [batching.submit(prompt, max_tokens=40, json_schema=schema, temperature=t, seed=i)
+                for i, t in enumerate([0.0, 1.0, 1.0])]
+    for request in requests:
+        answer = json.loads(request.result(timeout=300).text)
+        assert set(answer) == {"name", "score"}
+        assert isinstance(answer["name"], str) and len(answer["name"]) <= 12
+        assert isinstance(answer["score"], int) and 0 <= answer["score"] <= 100
+
+
+@pytest.mark.model
+def test_ebnf_grammar_answers_match_the_grammar(batching, sql_and_chat_prompts):
+    grammar = 'root ::= "SELECT " col " FROM " table ";"\ncol ::= "name" | "age" | "COUNT(*)"\ntable ::= "singer" | "stadium"'
+    result = batching.submit(sql_and_chat_prompts[0], max_tokens=30, grammar=grammar).result(timeout=300)
+    assert re.fullmatch(r"SELECT (name|age|COUNT\(\*\)) FROM (singer|stadium);", result.text)
+    assert result.finish_reason == "stop"
+
+
+@pytest.mark.model
+def test_priority_decides_admission_when_the_batch_is_full(llm_engine, sql_and_chat_prompts):
+    one_slot = BatchingEngine(llm_engine, max_batch_size=1)
+    try:
+        prompt = sql_and_chat_prompts[1]
+        first = one_slot.submit(prompt, max_tokens=6)  # holds the only slot
+        later = {p: one_slot.submit(prompt, max_tokens=2, priority=p) for p in (5, 0, 2)}
+        for request in [first, *later.values()]:
+            request.result(timeout=300)
+        order = sorted(later, key=lambda p: later[p].admitted)
+        assert order == [0, 2, 5]
+    finally:
+        one_slot.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"stop": "END"}, "stop"),
+        ({"grammar": "root ::= ", "max_tokens": 4}, "grammar"),
+        ({"grammar": 'root ::= "a"', "json_schema": {"type": "object"}}, "grammar"),
+        ({"priority": "high"}, "priority"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+@pytest.mark.model
+def test_bad_requests_name_the_field(batching, kwargs, field):
+    with pytest.raises(LLMRequestError, match=rf"^{field}: "):
+        batching.submit("hello", **kwargs)
