@@ -9,6 +9,7 @@ import sys
 from tessera.api import AgentWorkflow, HardwareClass, ModelProfile, Plan, PowerBudget
 from tessera.cli.documents import load
 from tessera.cli.errors import UserError
+from tessera.cli.tables import format_table
 
 INFEASIBLE_EXIT = 3
 
@@ -95,8 +96,7 @@ def render_table(name: str, workflow: AgentWorkflow, plan: Plan) -> str:
             f"{stage.predicted_latency_ms:,.0f} ms", f"{stage.watts:,.0f}", f"{stage.usd_per_hour:.2f}",
             stage.draft_hardware_class or "-",
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = format_table(rows)
     p = plan.predicted
     assert p is not None  # a feasible plan always carries its figures
     binding = "; ".join(plan.binding_constraints) or "none"

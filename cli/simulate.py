@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tessera.cli.errors import UserError
+from tessera.cli.tables import format_table
 
 DESCRIPTION = """\
 Simulate a heterogeneous GPU cluster serving the Text-to-SQL workflow, with the real scheduling
@@ -110,10 +111,7 @@ def table(result: dict) -> str:
     if not rows:
         return json.dumps(result, indent=2)
     columns = [k for k in rows[0] if not isinstance(rows[0][k], list)]
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = format_table([columns, *([_cell(r.get(c)) for c in columns] for r in rows)])
     extra = {k: v for k, v in result.items() if k not in ("results", "curves", "growth")}
     return "\n".join(lines) + "\n" + json.dumps(extra)
 

@@ -117,6 +117,11 @@ def _secondary(problem: Problem, opt) -> float:
     return opt.usd_per_hour if problem.objective is Objective.latency else problem.objective_value(opt)
 
 
+def _extra_cost(problem: Problem, old, new) -> float:
+    """What moving a stage from option ``old`` to ``new`` adds to the objective (0 for a saving)."""
+    return max(0.0, _secondary(problem, new) - _secondary(problem, old))
+
+
 WORK_BUDGET = 150_000  # option evaluations the local search may spend (a count, not a clock: plans are deterministic)
 
 
@@ -276,7 +281,7 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
                 search._add(dev, watts, old, 1)
                 if reduced <= 1e-12:
                     continue
-                score = reduced / (max(0.0, _secondary(problem, new) - _secondary(problem, old)) + 1e-3)
+                score = reduced / (_extra_cost(problem, old, new) + 1e-3)
                 if score > best_score:
                     best_move, best_score = (s, o), score
         if best_move is None:
@@ -298,7 +303,7 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
                 gain = now - search.through(choice, head, tail, s, new)
                 if gain <= 1e-12:
                     continue
-                score = min(gain, length - search.slo) / (max(0.0, _secondary(problem, new) - _secondary(problem, old)) + 1e-6)
+                score = min(gain, length - search.slo) / (_extra_cost(problem, old, new) + 1e-6)
                 if score > best_score:
                     best_move, best_score = (s, o), score
         if best_move is None:
