@@ -264,9 +264,8 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
     """Make resources fit (least excess per extra cost), then pull the critical path under the SLO."""
     dev, watts = search.usage(choice)
     excess = search.violation(dev, watts)
-    while excess > 0:
-        hot = search.over_classes(dev, watts)
-        best_move, best_score = None, 0.0
+
+    def relieving(hot: set[str]):
         for s in range(search.n):
             old = problem.options[s][choice[s]]
             if hot.isdisjoint(old.devices):
@@ -279,21 +278,16 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
                 reduced = excess - search.violation(dev, watts)
                 search._add(dev, watts, new, -1)
                 search._add(dev, watts, old, 1)
-                if reduced <= 1e-12:
-                    continue
-                score = reduced / (_extra_cost(problem, old, new) + 1e-3)
-                if score > best_score:
-                    best_move, best_score = (s, o), score
-        if best_move is None:
+                if reduced > 1e-12:
+                    yield reduced / (_extra_cost(problem, old, new) + 1e-3), s, o
+
+    while excess > 0:
+        if not _make_best_move(search, dev, watts, choice, relieving(search.over_classes(dev, watts))):
             return None
-        s, o = best_move
-        search.move(dev, watts, choice, s, o)
         excess = search.violation(dev, watts)
 
-    length, path = problem.critical_path(choice)
-    while length > search.slo:
+    def shortening(length: float, path: list[int]):
         head, tail = search.paths(choice)
-        best_move, best_score = None, 0.0
         for s in path:
             old = problem.options[s][choice[s]]
             now = search.through(choice, head, tail, s, old)
@@ -301,17 +295,24 @@ def _repair(problem: Problem, search: _Search, choice: list[int]) -> list[int] |
                 if o == choice[s] or not search.move_fits(dev, watts, old, new):
                     continue
                 gain = now - search.through(choice, head, tail, s, new)
-                if gain <= 1e-12:
-                    continue
-                score = min(gain, length - search.slo) / (_extra_cost(problem, old, new) + 1e-6)
-                if score > best_score:
-                    best_move, best_score = (s, o), score
-        if best_move is None:
+                if gain > 1e-12:
+                    yield min(gain, length - search.slo) / (_extra_cost(problem, old, new) + 1e-6), s, o
+
+    length, path = problem.critical_path(choice)
+    while length > search.slo:
+        if not _make_best_move(search, dev, watts, choice, shortening(length, path)):
             return None
-        s, o = best_move
-        search.move(dev, watts, choice, s, o)
         length, path = problem.critical_path(choice)
     return choice
+
+
+def _make_best_move(search: _Search, dev, watts, choice: list[int], moves) -> bool:
+    """Apply the first of the highest-scoring ``(score, stage, option)`` moves; False when there is none."""
+    best = max(moves, key=lambda move: move[0], default=None)
+    if best is None:
+        return False
+    search.move(dev, watts, choice, best[1], best[2])
+    return True
 
 
 def _improve(problem: Problem, search: _Search, choice: list[int], budget: "_Budget") -> list[int]:
