@@ -34,6 +34,18 @@ RAYSERVICE_API_VERSION = "ray.io/v1"
 WORKFLOW_LABEL = "tessera.dev/workflow"
 PLAN_ANNOTATION = "tessera.dev/plan"
 PLAN_GENERATION_ANNOTATION = "tessera.dev/plan-generation"
+# Head and worker pods: never root (the images set a numeric user), no privilege escalation, no capabilities,
+# the runtime's seccomp profile, and no API token: Ray never calls the Kubernetes API, and stage code should not.
+# (Functions, so that no two objects share a dict: a YAML dump of the child would otherwise carry anchors.)
+def pod_hardening() -> dict[str, Any]:
+    return {"automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}}
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 MAX_CHILD_NAME = 50  # KubeRay derives longer names (<name>-raycluster-xxxxx, <name>-head-svc) from it
 
 
@@ -123,8 +135,9 @@ def build_head_group(image: str, labels: dict[str, str], settings: OperatorSetti
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},  # no stage replicas on the head
         "template": {
             "metadata": {"labels": labels},
-            "spec": {"containers": [{
+            "spec": {**pod_hardening(), "containers": [{
                 "name": "ray-head",
+                "securityContext": container_security_context(),
                 "image": image,
                 "resources": {"requests": resources, "limits": resources},
                 "ports": [
@@ -156,9 +169,11 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
     custom = json.dumps({ray_resource(name): per_pod})
     metrics_mount = {"name": "worker-metrics", "mountPath": WORKER_METRICS_DIR}
     pod_spec: dict[str, Any] = {
+        **pod_hardening(),
         "containers": [
             {
                 "name": "ray-worker",
+                "securityContext": container_security_context(),
                 "image": image,
                 "resources": {"requests": requests, "limits": dict(requests)},
                 # Every Serve replica in the pod writes its Prometheus samples here (multiprocess mode) ...
@@ -169,6 +184,7 @@ def build_worker_group(hardware: HardwareClass, devices: int, image: str, labels
             {
                 # ... and this sidecar serves them all on the port the chart's PodMonitor scrapes.
                 "name": "metrics-exporter",
+                "securityContext": container_security_context(),
                 "image": image,
                 "command": ["python", "-m", "tessera.workers.metrics", "--port", str(WORKER_METRICS_PORT),
                             "--dir", WORKER_METRICS_DIR],
