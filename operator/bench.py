@@ -28,6 +28,7 @@ from typing import Any
 
 from tessera.api import API_VERSION
 from tessera.api.conditions import ConditionType, Reason, Status
+from tessera.planner.stats import percentile
 
 GOAL_SECONDS = 60
 GOAL_RSS_MB = 500
@@ -93,10 +94,8 @@ def _planned_condition(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    """0 for no values: the bench's JSON keeps numbers where a run planned nothing."""
+    return percentile(values, q, method="nearest") or 0.0
 
 
 def _seconds(stamp: str) -> float:

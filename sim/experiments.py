@@ -4,7 +4,6 @@ goodput search, alpha tuning, power oversubscription and TCO."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tessera.api.power import CappingPolicy
+from tessera.planner.stats import percentile
 from tessera.sim.core import PowerPolicy, SimResult, Simulator
 from tessera.sim.fleet import REFERENCE_CLASS, engine_classes
 from tessera.sim.workload import TEXT2SQL_STEPS, Arrivals, Request, Step, Tenant, critical_path_s, generate
@@ -148,8 +148,8 @@ def figures(result: SimResult, policy: str, goodput: float | None, requests: int
 
 def _percentile(latencies_s: np.ndarray, q: float) -> float | None:
     """A latency percentile; None when it falls among requests a stopped run never finished."""
-    value = float(np.percentile(latencies_s, q, method="higher"))
-    return round(value, 2) if math.isfinite(value) else None
+    value = percentile(latencies_s, q, method="higher")
+    return None if value is None else round(value, 2)
 
 
 def _progress(total: int, desc: str):

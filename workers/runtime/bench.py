@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tessera.planner.stats import percentile
 from tessera.workers.runtime.context import StageContext
 
 # (priority, deadline as a multiple of the burst's total work on the bottleneck stage, plus both stages once):
@@ -36,10 +37,7 @@ async def work(ctx: StageContext) -> Any:
 
 
 def percentiles(latencies_ms: list[float]) -> tuple[float | None, float | None]:
-    if not latencies_ms:
-        return None, None
-    p50, p95 = np.percentile(latencies_ms, [50, 95])
-    return float(p50), float(p95)
+    return percentile(latencies_ms, 50), percentile(latencies_ms, 95)
 
 
 def send_burst(handle, bodies: list[dict], progress: str | None = None, timeout_s: float = 900) -> list[dict]:
