@@ -145,7 +145,8 @@ def start_ray(class_names: set[str]) -> None:
     from tessera.workers.local import local_class_resources
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=os.cpu_count() or 2, resources=local_class_resources(sorted(class_names)),
+    # Always a Ray of this machine's own (each planned class is a local resource), whatever RAY_ADDRESS says.
+    ray.init(address="local", num_cpus=os.cpu_count() or 2, resources=local_class_resources(sorted(class_names)),
              include_dashboard=False, log_to_driver=False, configure_logging=False)
     from ray import serve
 
