@@ -19,7 +19,8 @@ from .chartlib import CHART, DASHBOARDS, REPO_ROOT, RULES_FILE, VALUE_SETS, run_
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
 # Kinds from other projects' CRDs (the Prometheus Operator's, kopf's peering): Kubernetes has no schema for them;
 # their content is checked below.
-FOREIGN_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering"}
+FOREIGN_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering",
+                 "Certificate", "Issuer"}
 
 
 @functools.cache
@@ -64,7 +65,7 @@ def test_rendered_manifests_match_the_kubernetes_schemas(helm, values_file):
 
 def test_every_value_set_is_exercised():
     names = {path.stem for path in VALUE_SETS}
-    assert {"defaults", "monitoring", "namespaced", "ha-namespaced"} <= names
+    assert {"defaults", "monitoring", "namespaced", "ha-namespaced", "hardened"} <= names
 
 
 def test_crds_in_the_chart_are_the_repository_crds_byte_for_byte():
@@ -291,6 +292,66 @@ def test_webhook_is_wired_to_the_operator_with_a_matching_certificate(helm):
     assert not by_kind(render(), "ValidatingWebhookConfiguration")
 
 
+HARDENED = str(next(path for path in VALUE_SETS if path.stem == "hardened"))
+
+
+def test_the_operator_pod_takes_a_digest_and_no_service_links(helm):
+    (deployment,) = by_kind(render(HARDENED), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+    assert pod["containers"][0]["image"] == (
+        "ghcr.io/tessera-dev/tessera-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    (default,) = by_kind(render(), "Deployment")
+    assert default["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+        "ghcr.io/tessera-dev/tessera-operator:")
+
+
+def test_pod_disruption_budget_selects_the_operator_pods(helm):
+    docs = render(HARDENED)
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"] and pdb["spec"]["minAvailable"] == 1
+    (pdb,) = by_kind(render(HARDENED, "podDisruptionBudget.maxUnavailable=1"), "PodDisruptionBudget")
+    assert pdb["spec"] == {"selector": deployment["spec"]["selector"], "maxUnavailable": 1}
+    assert not by_kind(render(), "PodDisruptionBudget")
+
+
+def test_network_policy_admits_only_the_configured_sources_to_the_webhook_and_metrics(helm):
+    docs = render(HARDENED)
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = {p["name"]: p["containerPort"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert by_port == {ports["webhook"]: [{"ipBlock": {"cidr": "10.0.0.0/24"}}],
+                       ports["metrics"]: [{"namespaceSelector": {"matchLabels": {
+                           "kubernetes.io/metadata.name": "monitoring"}}}]}
+    assert not by_kind(render(), "NetworkPolicy")
+
+
+def test_cert_manager_issues_the_webhook_certificate_and_injects_its_ca(helm):
+    docs = render(HARDENED)
+    assert not by_kind(docs, "Secret")  # cert-manager writes it
+    (certificate,) = by_kind(docs, "Certificate")
+    (issuer,) = by_kind(docs, "Issuer")
+    (config,) = by_kind(docs, "ValidatingWebhookConfiguration")
+    (deployment,) = by_kind(docs, "Deployment")
+    (service,) = by_kind(docs, "Service")
+    namespace = certificate["metadata"]["namespace"]
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{namespace}/{certificate['metadata']['name']}")
+    assert "caBundle" not in config["webhooks"][0]["clientConfig"]
+    assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"] and "selfSigned" in issuer["spec"]
+    assert f"{service['metadata']['name']}.{namespace}.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["secretName"] in {
+        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    external = render(HARDENED, "webhook.certManager.issuerRef.name=corp-ca",
+                      "webhook.certManager.issuerRef.kind=ClusterIssuer")
+    assert not by_kind(external, "Issuer")
+    assert by_kind(external, "Certificate")[0]["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
+
+
 def test_notes_name_the_release_and_the_rollout_command(helm):
     # helm template leaves NOTES.txt out; a client-side dry-run install renders it.
     result = run_tool(helm, "install", "tessera", str(CHART), "--namespace", "tessera-system", "--dry-run=client")
@@ -304,6 +365,11 @@ def test_notes_name_the_release_and_the_rollout_command(helm):
         ("metrics.port=70000", "at '/metrics/port'"),
         ("webhook.failurePolicy=Sometimes", "at '/webhook/failurePolicy'"),
         ("crds.instal=true", "'instal' not allowed"),
+        ("image.digest=latest", "at '/image/digest'"),
+        ("webhook.certManager.duration=a-year", "at '/webhook/certManager/duration'"),
+        # Equal ports: JSON Schema cannot compare two values, so the chart's template refuses them.
+        ("metrics.port=8080", "metrics.port and operator.healthPort are both 8080"),
+        ("webhook.enabled=true,webhook.port=9090", "are both 9090"),
     ],
 )
 def test_the_schema_rejects_bad_values_naming_the_field(helm, setting, named):

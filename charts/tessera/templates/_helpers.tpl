@@ -38,8 +38,27 @@ app.kubernetes.io/part-of: tessera
 {{- end -}}
 {{- end -}}
 
+{{/* The operator image: "<repository>@<digest>" when a digest is set (it wins over the tag), else "<repository>:<tag>". */}}
 {{- define "tessera.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The container's ports must differ (JSON Schema cannot compare two values, so the check is here). */}}
+{{- define "tessera.validatePorts" -}}
+{{- $ports := dict "metrics.port" .Values.metrics.port "operator.healthPort" .Values.operator.healthPort -}}
+{{- if .Values.webhook.enabled -}}{{- $_ := set $ports "webhook.port" .Values.webhook.port -}}{{- end -}}
+{{- $seen := dict -}}
+{{- range $name, $port := $ports -}}
+{{- $key := toString (int $port) -}}
+{{- if hasKey $seen $key -}}
+{{- fail (printf "%s and %s are both %s: the operator's ports must differ" (get $seen $key) $name $key) -}}
+{{- end -}}
+{{- $_ := set $seen $key $name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The Secret holding the webhook's serving certificate. */}}
