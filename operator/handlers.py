@@ -248,7 +248,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
         settings.peering.priority = ops.peering_priority
     settings.watching.server_timeout = 300
     if ops.webhook_port:
-        settings.admission.server = kopf.WebhookServer(
+        from tessera.operator.webhook import AdmissionServer  # webhook.py imports this module
+
+        settings.admission.server = AdmissionServer(
             port=ops.webhook_port, host=ops.webhook_host, certfile=ops.webhook_cert, pkeyfile=ops.webhook_key,
             insecure=ops.webhook_insecure, addr="0.0.0.0")
         settings.admission.managed = ops.webhook_managed
