@@ -43,6 +43,7 @@ from tessera.operator.inventory import (
     Holding, InvalidResource, Snapshot, first_values, planned_watts, rank, slim_node,
 )
 from tessera.operator.metrics import operator_metrics, serve
+from tessera.operator.network import build_network_policy
 from tessera.operator.reconcile import (
     NORMAL, Conditions, Memory, current_plan, desired_state, rayservice_ready, replan_reasons, same_plan,
     status_patch, workflow_key,
@@ -433,6 +434,8 @@ async def _apply_child(state: OperatorState, namespace: str, name: str, desired:
     done = await state.call(state.api.apply_rayservice, desired, actual)
     if done != "unchanged":
         logger.info(f"{done} RayService {child_name(name)}")
+    if await state.call(state.api.apply_network_policy, build_network_policy(desired)) == "created":
+        logger.info(f"created NetworkPolicy {child_name(name)}")
 
 
 def post_event(state: OperatorState, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

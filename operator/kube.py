@@ -7,6 +7,7 @@ RBAC the operator needs (the Helm chart's ClusterRole must grant exactly these):
   tessera.dev    hardwareclasses, powerbudgets,
                  modelprofiles                  get, list, watch
   ray.io         rayservices                    get, list, watch, create, patch, delete
+  networking.k8s.io networkpolicies             get, create, patch   (one beside each RayService)
   ""             nodes                          get, list, watch
   ""             pods                           get, list, watch     (the power controller: worker pods'
                                                                       nodes, the power agents' addresses)
@@ -116,6 +117,23 @@ class KubeAPI:
         ]
         self._call(f"updating RayService {ns}/{name}", self._custom.patch_namespaced_custom_object,
                    *RAYSERVICES[:2], ns, RAYSERVICES[2], name, ops, _content_type=JSON_PATCH)
+        return "updated"
+
+    def apply_network_policy(self, desired: Mapping[str, Any]) -> str:
+        """Create the NetworkPolicy beside a RayService, or bring its spec back to ``desired``."""
+        import kubernetes
+
+        api = kubernetes.client.NetworkingV1Api(self._client)
+        ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+        actual = self._call(f"reading NetworkPolicy {ns}/{name}", api.read_namespaced_network_policy, name, ns,
+                            missing_ok=True)
+        if actual is None:
+            self._call(f"creating NetworkPolicy {ns}/{name}", api.create_namespaced_network_policy, ns, dict(desired))
+            return "created"
+        if self._client.sanitize_for_serialization(actual.spec) == desired["spec"]:
+            return "unchanged"
+        self._call(f"updating NetworkPolicy {ns}/{name}", api.patch_namespaced_network_policy, name, ns,
+                   [{"op": "replace", "path": "/spec", "value": desired["spec"]}], _content_type=JSON_PATCH)
         return "updated"
 
     def delete_rayservice(self, namespace: str, name: str) -> bool:

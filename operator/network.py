@@ -13,11 +13,10 @@ A peer list of None admits every source on that port; an empty list admits none.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from tessera.api import AgentWorkflow
 from tessera.api.serve import WORKER_METRICS_PORT
-from tessera.operator.builders import WORKFLOW_LABEL, build_labels, build_owner_reference, child_name
+from tessera.operator.builders import WORKFLOW_LABEL
 
 SERVE_PORT = 8000
 DASHBOARD_PORT = 8265
@@ -34,11 +33,13 @@ def _ingress(peers: Sequence[dict[str, Any]] | None, *ports: int) -> dict[str, A
     return rule
 
 
-def build_network_policy(workflow: AgentWorkflow, serve_clients: Sequence[dict[str, Any]] | None = None,
+def build_network_policy(rayservice: Mapping[str, Any], serve_clients: Sequence[dict[str, Any]] | None = None,
                          metrics_clients: Sequence[dict[str, Any]] | None = None,
                          kuberay: Sequence[dict[str, Any]] = (KUBERAY_PEER,)) -> dict[str, Any]:
-    """The NetworkPolicy of ``workflow``'s RayService (same name and namespace, owned by the workflow)."""
-    labels = build_labels(workflow)
+    """The NetworkPolicy beside ``rayservice`` (as ``build_rayservice`` makes it): same name, namespace,
+    labels and owner (the workflow), selecting the pods of the same workflow."""
+    meta = rayservice["metadata"]
+    labels = meta["labels"]
     own_pods = {"podSelector": {"matchLabels": {WORKFLOW_LABEL: labels[WORKFLOW_LABEL]}}}
     ingress = [{"from": [own_pods]}, _ingress(list(kuberay), DASHBOARD_PORT, DASHBOARD_AGENT_PORT)]
     if serve_clients is None or serve_clients:
@@ -49,10 +50,10 @@ def build_network_policy(workflow: AgentWorkflow, serve_clients: Sequence[dict[s
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": child_name(workflow.metadata.name),
-            "namespace": workflow.metadata.namespace,
-            "labels": labels,
-            "ownerReferences": [build_owner_reference(workflow)],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(labels),
+            "ownerReferences": [dict(ref) for ref in meta["ownerReferences"]],
         },
         "spec": {"podSelector": own_pods["podSelector"], "policyTypes": ["Ingress"], "ingress": ingress},
     }

@@ -10,7 +10,9 @@ import pytest
 from tessera.api import HardwareClass, parse_resource
 from tessera.api.serve import WORKER_METRICS_PORT
 from tessera.cli.documents import load
-from tessera.operator.builders import WORKFLOW_LABEL, build_head_group, build_worker_group, child_name
+from tessera.operator.builders import (
+    WORKFLOW_LABEL, build_head_group, build_labels, build_owner_reference, build_worker_group, child_name,
+)
 from tessera.operator.network import DASHBOARD_PORT, SERVE_PORT, build_network_policy
 from tessera.operator.settings import OperatorSettings
 from tessera_devtools import EXAMPLES
@@ -25,10 +27,13 @@ KUBERAY_POD = {"ns": "ray-system", "labels": {"app.kubernetes.io/name": "kuberay
 PROMETHEUS_POD = {"ns": "monitoring", "labels": {"app": "prometheus"}}
 
 
-def parsed(name: str = "support", namespace: str = "team-a"):
+def parsed(name: str = "support", namespace: str = "team-a") -> dict:
+    """The metadata of the workflow's RayService, as build_rayservice writes it."""
     body = json.loads(json.dumps(workflow(name, namespace)))
     body["metadata"]["uid"] = "uid-1"
-    return parse_resource(body)
+    flow = parse_resource(body)
+    return {"metadata": {"name": child_name(name), "namespace": namespace, "labels": build_labels(flow),
+                         "ownerReferences": [build_owner_reference(flow)]}}
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -91,3 +96,17 @@ def test_head_and_worker_pods_are_hardened():
         for container in pod["containers"]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_the_operator_writes_the_policy_beside_the_rayservice(cluster, operator):
+    from tessera_devtools import wait_for
+
+    from .conftest import get_rayservice, wait_status
+
+    cluster.create(workflow("qa"))
+    wait_status(cluster, "qa", lambda body: (body.get("status") or {}).get("plan"))
+    child = wait_for(lambda: get_rayservice(cluster, "qa"), what="RayService qa")
+    policy = wait_for(lambda: cluster.get("networking.k8s.io/v1", "networkpolicies", "qa", "default"),
+                      what="NetworkPolicy qa")
+    assert policy["spec"] == build_network_policy(child)["spec"]
+    assert policy["metadata"]["ownerReferences"] == child["metadata"]["ownerReferences"]

@@ -56,6 +56,7 @@ BUILTIN_RESOURCES: tuple[tuple[str, str, bool, str, tuple[str, ...], bool], ...]
     ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False, "clusterkopfpeering", (), True),
     ("kopf.dev/v1/kopfpeerings", "KopfPeering", True, "kopfpeering", (), True),
     ("ray.io/v1/rayservices", "RayService", True, "rayservice", ("rayservice",), True),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, "networkpolicy", ("netpol",), False),
 )
 VERBS = ("create", "delete", "get", "list", "patch", "watch")
 
