@@ -17,7 +17,9 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from tessera.api import AgentWorkflow, Condition, Phase, Plan, ResourceError, parse_resource, set_condition
+from tessera.api import (
+    AgentWorkflow, Condition, FieldProblem, Phase, Plan, ResourceError, parse_resource, set_condition,
+)
 from tessera.api.conditions import ConditionType, Reason, Status
 from tessera.operator.builders import build_rayservice, plan_from_child
 from tessera.operator.inventory import (
@@ -58,9 +60,15 @@ def workflow_key(namespace: str | None, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def parse_workflow(body: Mapping[str, Any]) -> AgentWorkflow:
-    """The workflow without its status: a status we cannot read must not make a valid spec invalid."""
-    return parse_resource({k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})  # type: ignore[return-value]
+def parse_workflow(body: Mapping[str, Any], settings: OperatorSettings | None = None) -> AgentWorkflow:
+    """The workflow without its status: a status we cannot read must not make a valid spec invalid.
+    With ``settings``, also what the operator allows (the worker image), as the webhook checks it."""
+    workflow: AgentWorkflow = parse_resource(  # type: ignore[assignment]
+        {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+    problem = settings.worker_image_problem(workflow.spec.serve.image) if settings else None
+    if problem:
+        raise ResourceError("AgentWorkflow", workflow.metadata.name, [FieldProblem("spec.serve.image", problem)])
+    return workflow
 
 
 def current_plan(status: Mapping[str, Any]) -> Plan | None:
@@ -137,7 +145,7 @@ def desired_state(body: Mapping[str, Any], snapshot: Snapshot, holdings: Mapping
         memory = replace(memory, preempted_by=None)
 
     try:
-        workflow = parse_workflow(body)
+        workflow = parse_workflow(body, settings)
     except ResourceError as err:
         message = "; ".join(str(p) for p in err.problems)
         conditions.set(ConditionType.valid, False, Reason.invalid_spec, message)

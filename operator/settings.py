@@ -6,6 +6,7 @@ Every variable the operator reads is a field below; the field's description is i
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 from typing import Annotated, Any, Literal, Mapping
@@ -44,6 +45,10 @@ class OperatorSettings(BaseSettings):
         default="ghcr.io/tessera-dev/tessera-workers-vllm:0.1.0",
         description="Image of the Ray pods of a workflow whose plan runs vLLM (the worker image plus vLLM and "
         "ray[llm]), when its spec.serve.image is not set.")
+    allowed_worker_images: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Images an AgentWorkflow's spec.serve.image may name, comma-separated "
+        "shell patterns such as ghcr.io/my-org/* (empty: any image). Whoever can create a workflow chooses "
+        "the image its Ray pods run; the webhook refuses others and the operator marks such a workflow Invalid.")
     ray_version: str = Field(default="2.60.0", description="rayVersion written into each RayService.")
     head_cpu: str = Field(default="2", description="CPU request of each Ray head pod.")
     head_memory: str = Field(default="8Gi", description="Memory request of each Ray head pod.")
@@ -69,10 +74,19 @@ class OperatorSettings(BaseSettings):
         default=False, description="Serve the webhook over plain HTTP (tests only; the API server requires TLS).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "allowed_worker_images", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    def worker_image_problem(self, image: str | None) -> str | None:
+        """Why a workflow may not name ``image`` (None: it may, or it names none)."""
+        if image is None or not self.allowed_worker_images:
+            return None
+        if any(fnmatch.fnmatchcase(image, pattern) for pattern in self.allowed_worker_images):
+            return None
+        return (f"image {image!r} is not allowed by the operator (TESSERA_ALLOWED_WORKER_IMAGES: "
+                f"{', '.join(self.allowed_worker_images)})")
 
     @classmethod
     def env_names(cls) -> dict[str, str]:

@@ -14,8 +14,10 @@ import aiohttp.web
 import kopf
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from tessera.api import ResourceError, parse_resource
+from tessera.api import ResourceError
 from tessera.operator.handlers import WORKFLOWS
+from tessera.operator.reconcile import parse_workflow
+from tessera.operator.settings import OperatorSettings
 
 HANDLER_ID = "validate-agentworkflow"
 MAX_REVIEW_BYTES = 3 * 1024 * 1024  # the API server's own limit on an object is 1.5 MiB; a review may hold two
@@ -75,17 +77,19 @@ class AdmissionServer(kopf.WebhookServer):
         return await kopf.WebhookServer._serve(fn, request)
 
 
-def admission_problems(body: Any) -> str | None:
-    """The rejection message for an object, or None when it is valid."""
+def admission_problems(body: Any, settings: OperatorSettings | None = None) -> str | None:
+    """The rejection message for an object, or None when it is valid (with ``settings``: also what the
+    operator allows, e.g. the worker image; the reconciler checks the same)."""
     try:
-        parse_resource({k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+        parse_workflow(body, settings)
     except ResourceError as err:
         return f"{err.kind}/{err.name}: " + "; ".join(str(p) for p in err.problems)
     return None
 
 
-def validate_agentworkflow(body: kopf.Body, **_: Any) -> None:
-    message = admission_problems(body)
+def validate_agentworkflow(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    state = memo.get("tessera")
+    message = admission_problems(body, state.settings if state else OperatorSettings.from_env())
     if message:
         raise kopf.AdmissionError(message, code=422)
 

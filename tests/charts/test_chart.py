@@ -306,6 +306,14 @@ def test_the_operator_pod_takes_a_digest_and_no_service_links(helm):
         "ghcr.io/tessera-dev/tessera-operator:")
 
 
+def test_the_worker_image_allowlist_reaches_the_operator(helm):
+    from tessera.operator.settings import OperatorSettings
+
+    env = operator_env(render(HARDENED))
+    assert OperatorSettings.from_env(env).allowed_worker_images == ["ghcr.io/my-org/*", "registry.local/*"]
+    assert "TESSERA_ALLOWED_WORKER_IMAGES" not in operator_env(render())
+
+
 def test_pod_disruption_budget_selects_the_operator_pods(helm):
     docs = render(HARDENED)
     (pdb,) = by_kind(docs, "PodDisruptionBudget")

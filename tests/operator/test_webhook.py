@@ -111,3 +111,46 @@ def test_kopfs_own_server_answers_500_to_some_of_these():
                 for name, body in MALFORMED.items()}
     assert {name for name, status in statuses.items() if status == 500} >= {"a list", "no request",
                                                                           "a non-dict request"}
+
+
+@pytest.mark.parametrize("image, allowed", [
+    (None, True),
+    ("ghcr.io/my-org/workers:1.0", True),
+    ("ghcr.io/my-org/sub/workers@sha256:abc", True),
+    ("ghcr.io/my-org-evil/workers:1.0", False),
+    ("docker.io/attacker/miner:latest", False),
+])
+def test_the_worker_image_allowlist_is_enforced_by_webhook_and_reconciler(image, allowed):
+    from tessera.operator.reconcile import parse_workflow
+    from tessera.operator.settings import OperatorSettings
+    from tessera.operator.webhook import admission_problems
+
+    settings = OperatorSettings.from_env({"TESSERA_ALLOWED_WORKER_IMAGES": "ghcr.io/my-org/*, registry.local/*"})
+    assert settings.allowed_worker_images == ["ghcr.io/my-org/*", "registry.local/*"]
+    body = workflow("w")
+    if image:
+        body["spec"]["serve"] = {"image": image}
+    message = admission_problems(body, settings)
+    assert (message is None) is allowed, message
+    if not allowed:
+        assert message.startswith("AgentWorkflow/w: spec.serve.image: image ") and "not allowed" in message
+        with pytest.raises(Exception, match="spec.serve.image"):
+            parse_workflow(body, settings)
+    assert admission_problems(body, OperatorSettings()) is None  # no allowlist: any image
+
+
+def test_the_operator_marks_a_workflow_with_a_foreign_image_invalid_and_runs_the_others(cluster):
+    from tessera_devtools import OperatorRun, wait_for
+
+    from .conftest import condition, get_rayservice, wait_status
+
+    with OperatorRun(cluster, allowed_worker_images=["ghcr.io/my-org/*"]):
+        foreign = workflow("foreign")
+        foreign["spec"]["serve"] = {"image": "docker.io/attacker/miner:latest"}
+        cluster.create(foreign)
+        cluster.create(workflow("plain"))
+        body = wait_status(cluster, "foreign", lambda b: condition(b, "Valid") and condition(b, "Valid")["status"] == "False")
+        assert "spec.serve.image: image 'docker.io/attacker/miner:latest' is not allowed" in condition(body, "Valid")["message"]
+        assert body["status"]["phase"] == "Invalid"
+        wait_for(lambda: get_rayservice(cluster, "plain"), what="RayService plain")
+        assert get_rayservice(cluster, "foreign") is None
