@@ -260,20 +260,10 @@ class LLMEngine:
         """Yield the generated text piece by piece (same arguments as ``generate``)."""
         yield from self.stream_steps(prompt, **kwargs)
 
-    def generate(
-        self,
-        prompt: str,
-        max_new_tokens: int = 128,
-        stop: list[str] | None = None,
-        temperature: float = 0.0,
-        speculative: SpecDecConfig | None = None,
-        logits_processor: Callable | None = None,
-        seed: int | None = None,
-    ) -> GenerationResult:
-        pieces = self.stream_steps(
-            prompt, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
-            speculative=speculative, logits_processor=logits_processor, seed=seed,
-        )
+    def generate(self, prompt: str, **options: Any) -> GenerationResult:
+        """The whole answer; ``options`` are ``stream_steps``'s (max_new_tokens, stop, temperature, speculative,
+        logits_processor, seed)."""
+        pieces = self.stream_steps(prompt, **options)
         while True:
             try:
                 next(pieces)
