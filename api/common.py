@@ -12,6 +12,8 @@ from pydantic.alias_generators import to_camel
 GROUP = "tessera.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# The apiVersion field of every Tessera object (one definition: the models' Literal is built from it).
+ApiVersion = Literal[API_VERSION]  # type: ignore[valid-type]
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

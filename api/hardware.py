@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tessera.api.common import Condition, ObjectMeta, WireModel
+from tessera.api.common import API_VERSION, ApiVersion, Condition, ObjectMeta, WireModel
 
 HARDWARE_CLASS_LABEL = "tessera.dev/hardware-class"  # on Nodes: which class their devices belong to
 
@@ -112,7 +112,7 @@ class HardwareClassStatus(WireModel):
 
 
 class HardwareClass(WireModel):
-    api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
+    api_version: ApiVersion = API_VERSION
     kind: Literal["HardwareClass"] = "HardwareClass"
     metadata: ObjectMeta
     spec: HardwareClassSpec

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tessera.api.common import Condition, ObjectMeta, WireModel
+from tessera.api.common import API_VERSION, ApiVersion, Condition, ObjectMeta, WireModel
 from tessera.api.hardware import Dtype
 
 BYTES_PER_PARAM = {
@@ -148,7 +148,7 @@ class ModelProfileStatus(WireModel):
 
 
 class ModelProfile(WireModel):
-    api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
+    api_version: ApiVersion = API_VERSION
     kind: Literal["ModelProfile"] = "ModelProfile"
     metadata: ObjectMeta
     spec: ModelProfileSpec

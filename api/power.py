@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tessera.api.common import Condition, DNSSubdomain, ObjectMeta, WireModel
+from tessera.api.common import API_VERSION, ApiVersion, Condition, DNSSubdomain, ObjectMeta, WireModel
 
 
 class CappingPolicy(WireModel):
@@ -108,7 +108,7 @@ def device_key(node: str, index: int) -> str:
 
 
 class PowerBudget(WireModel):
-    api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
+    api_version: ApiVersion = API_VERSION
     kind: Literal["PowerBudget"] = "PowerBudget"
     metadata: ObjectMeta
     spec: PowerBudgetSpec

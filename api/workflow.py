@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
-from tessera.api.common import Condition, DNSLabel, DNSSubdomain, ObjectMeta, WireModel
+from tessera.api.common import API_VERSION, ApiVersion, Condition, DNSLabel, DNSSubdomain, ObjectMeta, WireModel
 from tessera.api.plan import Plan, PredictedFigures, StagePlan
 
 MAX_STAGES = 256
@@ -214,7 +214,7 @@ class AgentWorkflowStatus(WireModel):
 
 
 class AgentWorkflow(WireModel):
-    api_version: Literal["tessera.dev/v1alpha1"] = "tessera.dev/v1alpha1"
+    api_version: ApiVersion = API_VERSION
     kind: Literal["AgentWorkflow"] = "AgentWorkflow"
     metadata: ObjectMeta
     spec: AgentWorkflowSpec
