@@ -434,7 +434,8 @@ async def _apply_child(state: OperatorState, namespace: str, name: str, desired:
     done = await state.call(state.api.apply_rayservice, desired, actual)
     if done != "unchanged":
         logger.info(f"{done} RayService {child_name(name)}")
-    if await state.call(state.api.apply_network_policy, build_network_policy(desired)) == "created":
+    if await state.call(state.api.apply_network_policy, build_network_policy(
+            desired, state.settings.serve_clients, state.settings.metrics_clients)) == "created":
         logger.info(f"created NetworkPolicy {child_name(name)}")
 
 

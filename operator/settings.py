@@ -49,6 +49,12 @@ class OperatorSettings(BaseSettings):
         default_factory=list, description="Images an AgentWorkflow's spec.serve.image may name, comma-separated "
         "shell patterns such as ghcr.io/my-org/* (empty: any image). Whoever can create a workflow chooses "
         "the image its Ray pods run; the webhook refuses others and the operator marks such a workflow Invalid.")
+    serve_clients: list[dict[str, Any]] | None = Field(
+        default=None, description="NetworkPolicy peers (JSON list, as in a NetworkPolicy's `from`) that may reach "
+        "each workflow's Serve port 8000; unset: any source, [] : only the workflow's own pods.")
+    metrics_clients: list[dict[str, Any]] | None = Field(
+        default=None, description="NetworkPolicy peers (JSON list) that may scrape the workers' metrics port; "
+        "unset: any source, []: only the workflow's own pods.")
     ray_version: str = Field(default="2.60.0", description="rayVersion written into each RayService.")
     head_cpu: str = Field(default="2", description="CPU request of each Ray head pod.")
     head_memory: str = Field(default="8Gi", description="Memory request of each Ray head pod.")

@@ -431,3 +431,15 @@ def lookup(values: dict, key: str):
     for part in key.split("."):
         values = values[part]
     return values
+
+
+def test_who_reaches_serve_reaches_the_operator(helm, tmp_path):
+    from tessera.operator.settings import OperatorSettings
+
+    values = tmp_path / "clients.yaml"
+    values.write_text("workers:\n  serveClients:\n    - namespaceSelector: {matchLabels: {team: web}}\n"
+                      "  metricsClients: []\n")
+    settings = OperatorSettings.from_env(operator_env(render(str(values))))
+    assert settings.serve_clients == [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]
+    assert settings.metrics_clients == []
+    assert "TESSERA_SERVE_CLIENTS" not in operator_env(render())

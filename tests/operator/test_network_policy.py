@@ -110,3 +110,14 @@ def test_the_operator_writes_the_policy_beside_the_rayservice(cluster, operator)
                       what="NetworkPolicy qa")
     assert policy["spec"] == build_network_policy(child)["spec"]
     assert policy["metadata"]["ownerReferences"] == child["metadata"]["ownerReferences"]
+
+
+def test_who_reaches_serve_and_metrics_comes_from_the_settings():
+    settings = OperatorSettings.from_env({"TESSERA_SERVE_CLIENTS": json.dumps([MONITORING]),
+                                          "TESSERA_METRICS_CLIENTS": "[]"})
+    policy = build_network_policy(parsed(), settings.serve_clients, settings.metrics_clients)
+    assert admits(policy, PROMETHEUS_POD, SERVE_PORT) and not admits(policy, OTHER_POD, SERVE_PORT)
+    assert not admits(policy, PROMETHEUS_POD, WORKER_METRICS_PORT) and admits(policy, OWN_POD, WORKER_METRICS_PORT)
+    default = OperatorSettings.from_env({})
+    assert default.serve_clients is None and admits(
+        build_network_policy(parsed(), default.serve_clients, default.metrics_clients), OTHER_POD, SERVE_PORT)
