@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from tessera.api.workflow import GenerationOptions
 from tessera.workers.llm.engine import LLMEngine, StopText
+from tessera.workers.llm.metrics import record_generation
 from tessera.workers.llm.specdec import SpecDecConfig, SpeculativeSession
 from tessera.workers.llm.steps import GenerationResult, LLMRequestError, TokenStep, crop_cache
 
@@ -76,7 +77,8 @@ class Request:
     """
 
     def __init__(self, prompt_ids: list[int], options: GenerationOptions, priority: int, seed: int | None,
-                 speculative: bool, matcher, tokenizer, budget: int):
+                 speculative: bool, matcher, tokenizer, budget: int, model: str = ""):
+        self.model = model  # the metrics' label
         self.prompt_ids = prompt_ids
         self.options = options
         self.priority = priority
@@ -167,6 +169,7 @@ class Request:
                 queued_seconds=self.admitted - self.submitted,
                 first_token_seconds=(self.first_token or self.finished) - self.submitted,
             )
+            record_generation(self.model, self.stats)
         self._error = error
         self._done.set()
         self._emit(None)
@@ -333,7 +336,8 @@ class BatchingEngine:
         prompt_ids = self.engine.encode_prompt(prompt)
         budget = min(options.max_tokens, self.engine.context_length - len(prompt_ids))
         matcher = self._matcher(options)
-        return Request(prompt_ids, options, priority, seed, speculative, matcher, self.engine.tokenizer, budget)
+        return Request(prompt_ids, options, priority, seed, speculative, matcher, self.engine.tokenizer, budget,
+                       self.engine.name)
 
     def _matcher(self, options: GenerationOptions):
         if options.grammar is None and options.json_schema is None:

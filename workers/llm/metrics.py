@@ -12,7 +12,7 @@ def record_generation(model: str, stats: dict[str, Any]) -> None:
     """Count one finished generation's tokens and, if it was speculative, its drafting figures."""
     make_metric(catalogue.LLM_TOKENS).labels(model=model).inc(stats.get("generated_tokens", 0))
     method = stats.get("method")
-    if not method or method == "plain":
+    if not method or "drafted_tokens" not in stats:  # plain or batched decoding: nothing was drafted
         return
     labels = {"model": model, "method": method}
     make_metric(catalogue.LLM_SPEC_DRAFTED).labels(**labels).inc(stats["drafted_tokens"])

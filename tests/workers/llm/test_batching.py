@@ -113,3 +113,14 @@ def test_priority_decides_admission_when_the_batch_is_full(llm_engine, sql_and_c
 def test_bad_requests_name_the_field(batching, kwargs, field):
     with pytest.raises(LLMRequestError, match=rf"^{field}: "):
         batching.submit("hello", **kwargs)
+
+
+def test_generated_tokens_reach_the_metrics(batching):
+    from prometheus_client import REGISTRY
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("tessera_llm_generated_tokens_total", {"model": batching.engine.name}) or 0.0
+
+    before = counted()
+    result = batching.submit("Say hello.", max_tokens=5).result(timeout=120)
+    assert counted() - before == len(result.token_ids) > 0
