@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from tessera.api.workflow import GenerationOptions
 from tessera.workers.llm.engine import LLMEngine, StopText
+from tessera.workers.llm.grammars import grammar_compiler
 from tessera.workers.llm.metrics import record_generation
 from tessera.workers.llm.specdec import SpecDecConfig, SpeculativeSession
 from tessera.workers.llm.steps import GenerationResult, LLMRequestError, TokenStep, crop_cache
@@ -274,8 +275,6 @@ class BatchingEngine:
         self._batch = _Batch(engine)
         self._wake = threading.Condition()
         self._stopped = False
-        self._grammars = None  # xgrammar compiler, built at the first constrained request
-        self._grammar_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"batching-{engine.name}", daemon=True)
         self._thread.start()
 
@@ -346,17 +345,13 @@ class BatchingEngine:
             raise LLMRequestError("grammar: give at most one of grammar and json_schema")
         import xgrammar
 
-        with self._grammar_lock:
-            if self._grammars is None:
-                info = xgrammar.TokenizerInfo.from_huggingface(
-                    self.engine.tokenizer, vocab_size=self.engine.model.config.vocab_size,
-                    stop_token_ids=sorted(self.engine.eos_token_ids))
-                self._grammars = xgrammar.GrammarCompiler(info, max_threads=1)
+        compiler = grammar_compiler(self.engine.tokenizer, self.engine.model.config.vocab_size,
+                                    tuple(sorted(self.engine.eos_token_ids)))
         try:
             if options.grammar is not None:
-                compiled = self._grammars.compile_grammar(options.grammar)
+                compiled = compiler.compile_grammar(options.grammar)
             else:
-                compiled = self._grammars.compile_json_schema(json.dumps(options.json_schema))
+                compiled = compiler.compile_json_schema(json.dumps(options.json_schema))
         except Exception as error:  # xgrammar reports syntax errors as RuntimeError/ValueError
             name = "grammar" if options.grammar is not None else "json_schema"
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

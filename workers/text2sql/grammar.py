@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import regex
 
+from tessera.workers.llm.grammars import grammar_compiler
+
 ALL_AGGREGATES = ("COUNT", "AVG", "SUM", "MIN", "MAX")
 ALL_OPS = ("=", "!=", "<", ">", "<=", ">=")
 # English cues of a question -> what its query may use. Generic: they read the question's wording, never a
@@ -203,14 +205,6 @@ def sql_grammar(spec: GrammarSpec) -> str:
     return "\n".join(rules)
 
 
-@lru_cache(maxsize=8)
-def _compiler(tokenizer, vocab_size: int):
-    import xgrammar
-
-    return xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size),
-                                    max_threads=1)
-
-
 @lru_cache(maxsize=1)
 def _string_compiler():
     import xgrammar
@@ -247,7 +241,7 @@ class GrammarLogitsProcessor:
         import xgrammar
 
         if self.matcher is None:
-            compiled = _compiler(self.tokenizer, scores.shape[-1]).compile_grammar(self.grammar)
+            compiled = grammar_compiler(self.tokenizer, scores.shape[-1]).compile_grammar(self.grammar)
             self.matcher = xgrammar.GrammarMatcher(compiled, max_rollback_tokens=self.MAX_ROLLBACK)
             self.bitmask = xgrammar.allocate_token_bitmask(1, scores.shape[-1])
             self.prompt_len = input_ids.shape[1]
