@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tessera.workers.retrieval.embedding import DIMENSION, Embedder
-from tessera.workers.retrieval.store import _client
+from tessera.workers.retrieval.store import open_client
 
 MAX_PASSAGE_CHARS = 900
 BATCH = 64
@@ -70,7 +70,7 @@ def index_files(paths: Iterable[Path], collection: str, *, url: str | None = Non
 
     passages = [(str(file.name), i, text) for file in _files(paths)
                 for i, text in enumerate(chunk_text(file.read_text(encoding="utf-8", errors="replace")))]
-    client = _client(url=url, path=path)
+    client = open_client(url=url, path=path)
     try:
         if recreate and client.collection_exists(collection):
             client.delete_collection(collection)

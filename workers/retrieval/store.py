@@ -42,7 +42,8 @@ class Hit:
         return asdict(self)
 
 
-def _client(url: str | None = None, path: str | Path | None = None, memory: bool = False):
+def open_client(url: str | None = None, path: str | Path | None = None, memory: bool = False):
+    """A Qdrant client: the server at ``url``, an in-memory store, or the local folder ``path`` (default store)."""
     from qdrant_client import QdrantClient
 
     if url:
@@ -81,7 +82,7 @@ class Retriever:
     def __init__(self, url: str | None = None, path: str | Path | None = None):
         self.url = url
         self.path = Path(path or default_store_path()) if not url else None
-        self.client = _client(url=url) if url else _client(memory=True)
+        self.client = open_client(url=url) if url else open_client(memory=True)
         self.loaded: set[str] = set()
         self._load_lock = threading.Lock()
 
@@ -105,7 +106,7 @@ class Retriever:
             if not (self.path and (self.path / "collection" / collection).is_dir()):
                 raise RetrievalError(
                     f"collection {collection!r} does not exist in {self.where()}; load it with `tessera index`")
-            local = _client(path=self.path)
+            local = open_client(path=self.path)
             try:
                 copy_collection(local, self.client, collection)
             finally:
