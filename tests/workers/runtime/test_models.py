@@ -61,7 +61,7 @@ def test_without_a_plan_stages_that_name_one_model_share_it():
 
 def test_a_call_carries_the_requests_priority_and_its_structured_output():
     client = ModelClient(handle=None).for_priority(7)
-    request = client.request("q", GenerationOptions(max_tokens=9, stop=[";"]), "sys", {"grammar": 'root ::= "x"'})
+    request = client.request("q", GenerationOptions(max_tokens=9, stop=[";"]), "sys", (), {"grammar": 'root ::= "x"'})
     assert request["priority"] == 7 and request["messages"][0] == {"role": "system", "content": "sys"}
     body = vllm_body("m@h100", request, stream=False)
     # vLLM serves the lowest priority first; Tessera's higher is more urgent
@@ -72,7 +72,16 @@ def test_a_call_carries_the_requests_priority_and_its_structured_output():
                            "options": GenerationOptions(json_schema=schema).model_dump()}, stream=True)
     assert body["guided_json"] == schema and body["prompt"] == "p" and "messages" not in body and body["stream"]
     with pytest.raises(ValueError, match="max_tokens"):
-        client.request("q", None, None, {"max_tokens": 0})
+        client.request("q", None, None, (), {"max_tokens": 0})
+
+
+def test_history_turns_sit_between_the_system_prompt_and_the_question_and_the_logprob_comes_back():
+    handle = RecordingHandle()
+    shot = [{"role": "user", "content": "How many rows?"}, {"role": "assistant", "content": "SELECT COUNT(*) FROM t"}]
+    completion = asyncio.run(ModelClient(handle).generate("q", system="sys", history=shot))
+    assert [m["role"] for m in handle.calls[0]["messages"]] == ["system", "user", "assistant", "user"]
+    assert handle.calls[0]["messages"][1:3] == shot and handle.calls[0]["messages"][3]["content"] == "q"
+    assert completion.mean_logprob == -0.25 and completion.text == "SELECT 1"
 
 
 class RecordingHandle:
@@ -86,7 +95,7 @@ class RecordingHandle:
         self.calls.append(call)
 
         async def result():
-            return {"text": "SELECT 1", "tokens": 3, "finish_reason": "stop", "prompt_tokens": 5}
+            return {"text": "SELECT 1", "tokens": 3, "finish_reason": "stop", "prompt_tokens": 5, "mean_logprob": -0.25}
         return result()
 
 
