@@ -30,6 +30,21 @@ UNPLANNED_CLASS = "cpu"
 MAX_DEADLINE_MS = 24 * 3600 * 1000.0
 
 
+# The application holding a workflow's model deployments (Tessera's engine, and forwarders to vLLM). It is
+# separate from the workflow's runtime so that a change to the workflow (a prompt, the policy, a stage)
+# redeploys the runtime alone and the loaded weights stay: Serve updates each application on its own.
+MODELS_IMPORT_PATH = "tessera.workers.runtime.models:build_models_app"
+
+
+def models_application_name(workflow: str) -> str:
+    return f"{workflow}-models"
+
+
+def models_route_prefix(workflow: str) -> str:
+    """Where a workflow's model deployments answer the OpenAI API (``/<workflow>/v1/chat/completions``, ...)."""
+    return f"/{workflow}/v1"
+
+
 def llm_route_prefix(workflow: str) -> str:
     """Where a workflow's vLLM application (Ray Serve LLM) answers its OpenAI API."""
     return f"/{workflow}/llm"
@@ -90,6 +105,9 @@ class WorkflowAppArgs(WireModel):
     def deployment(self, stage: str) -> StageDeployment:
         return self.deployments.get(stage) or StageDeployment()
 
+    def calls_models(self) -> bool:
+        return any(stage.kind.value == "llm" for stage in self.spec.stages)
+
     def deadline_ms(self) -> float:
         """A request's deadline when it names none: the SLO's deadline, else its latency target."""
         slo = self.spec.slo
@@ -127,3 +145,15 @@ class WorkflowResponse(WireModel):
     deadline_missed: bool = False
     priority: int = 0
     error: str | None = Field(default=None, description="Which stage failed and why; unset when every stage ran.")
+
+
+def build_applications(args: WorkflowAppArgs, import_path: str) -> list[dict[str, Any]]:
+    """A workflow's Serve applications, both with ``args``: its model deployments (when an llm stage calls
+    one), then its runtime (``import_path``) at ``/<workflow>``. Serve starts them in this order."""
+    wire = args.to_wire()
+    runtime = {"name": args.workflow, "route_prefix": f"/{args.workflow}", "import_path": import_path, "args": wire}
+    if not args.calls_models():
+        return [runtime]
+    models = {"name": models_application_name(args.workflow), "route_prefix": models_route_prefix(args.workflow),
+              "import_path": MODELS_IMPORT_PATH, "args": wire}
+    return [models, runtime]

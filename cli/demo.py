@@ -3,11 +3,12 @@
 For each example workflow (text2sql, rag-assistant, chat; ``--workflow`` picks one):
 
 1. validate and plan it for the example heterogeneous inventory;
-2. build its Serve application exactly as the operator writes it into the RayService
-   (``build_serve_config``: the default workflow runtime) and run it on a local Ray where every
-   planned hardware class is a custom resource (``tessera.workers.local``);
+2. build its Serve applications exactly as the operator writes them into the RayService
+   (``build_serve_config``: its model deployments, and the default workflow runtime) and run them
+   on a local Ray where every planned hardware class is a custom resource (``tessera.workers.local``);
 3. send a burst of requests with mixed priorities and deadlines, once with the workflow's own
-   policy (urgency) and once with FCFS as the baseline;
+   policy (urgency) and once with FCFS as the baseline: only the runtime is redeployed between the
+   two, as a cluster would on a change of policy; the model deployments (and their loaded weights) stay;
 4. report per priority: SLO attainment, p50 and p95, and whether the most urgent class did best.
 """
 
@@ -27,10 +28,12 @@ from tessera.examples import example_path
 EXAMPLES = example_path()
 DEFAULT_INVENTORY = EXAMPLES / "inventory"
 WORKFLOW_FILES = {"text2sql": "text2sql.yaml", "rag-assistant": "rag.yaml", "chat": "chat.yaml"}
-# (priority, deadline as a multiple of the workflow's SLO latency): batch, normal and urgent requests,
-# sent in that order, so an urgent request arrives behind the others.
+# (priority, deadline as a multiple of the workflow's SLO latency): batch, normal and urgent requests. Every
+# input goes once per class, in this order (an urgent request arrives behind the others), so the classes
+# ask for the same work and differ only in where the policy puts them in the queues.
 TRAFFIC_CLASSES = ((0, 4.0), (1, 2.0), (2, 1.0))
 BASELINE_POLICY = "wb-fcfs"
+DEFAULT_REQUESTS = 9
 RAG_QUESTIONS = (
     "What does the operator write for each workflow?", "How does Tessera split a deadline across stages?",
     "Which command loads documents into a collection?", "What does the planner optimise?",
@@ -56,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="run only this example (text2sql, rag-assistant or chat; repeatable; default: all three)")
     parser.add_argument("--inventory", default=str(DEFAULT_INVENTORY), metavar="PATH",
                         help="HardwareClasses, Nodes, ModelProfiles, PowerBudgets (default: the examples' inventory)")
-    parser.add_argument("--requests", type=int, default=6, metavar="N",
-                        help="requests per burst, spread over three priorities (default 6)")
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, metavar="N",
+                        help=f"requests per burst: N/3 inputs, each sent once per priority (a multiple of 3; "
+                             f"default {DEFAULT_REQUESTS})")
     parser.add_argument("--no-baseline", action="store_true", help="skip the FCFS baseline bursts (faster)")
     parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT",
                         help="where the demo serves its Prometheus metrics (default 9091; 0: off)")
@@ -134,9 +138,10 @@ def inputs_for(workflow, count: int) -> list:
 
 
 def burst_bodies(workflow, inputs: list) -> list[dict]:
+    """Each input once per traffic class, the classes interleaved."""
     latency_ms = workflow.spec.slo.deadline_ms or workflow.spec.slo.latency_ms
-    return [{"input": value, "priority": TRAFFIC_CLASSES[i % 3][0], "deadlineMs": TRAFFIC_CLASSES[i % 3][1] * latency_ms}
-            for i, value in enumerate(inputs)]
+    return [{"input": value, "priority": priority, "deadlineMs": factor * latency_ms}
+            for value in inputs for priority, factor in TRAFFIC_CLASSES]
 
 
 def start_ray(class_names: set[str]) -> None:
@@ -156,22 +161,26 @@ def start_ray(class_names: set[str]) -> None:
     quiet.setLevel(logging.WARNING)  # serve.start sets its own level
 
 
-def serve_workflow(workflow, plan, classes, policy: str, http: bool = False):
-    """The application the operator writes (with ``policy``), localized and running; (its name, ingress handle)."""
-    from ray import serve
-
+def workflow_applications(workflow, plan, classes, policy: str) -> list[dict]:
+    """The applications the operator writes for ``workflow`` with ``policy`` (its models, then its runtime).
+    Ray Serve LLM's, for GPU classes, is left out: localizing puts those models on Tessera's CPU engine."""
     from tessera.operator.builders import build_serve_config
-    from tessera.workers.local import build_application, localize_application
+    from tessera.operator.models import LLM_IMPORT_PATH
 
     changed = workflow.model_copy(deep=True)
     changed.spec.serve.policy = policy
-    application = localize_application(build_serve_config(changed, plan, classes)["applications"][0])
+    return [app for app in build_serve_config(changed, plan, classes)["applications"]
+            if app["import_path"] != LLM_IMPORT_PATH]
+
+
+def serve_applications(applications: list[dict], http: bool = False):
+    """The applications running on the local Serve; the handle of the last one."""
+    from tessera.workers.local import serve_applications as serve_locally
+
     try:
-        app = build_application(application)
-    except ValueError as err:  # the builder's args check: the workflow's spec is at fault
-        raise UserError(f"{workflow.metadata.name}: {err}") from None
-    handle = serve.run(app, name=application["name"], route_prefix=application["route_prefix"] if http else None)
-    return application["name"], handle
+        return serve_locally(applications, http=http)
+    except ValueError as err:  # the builders' args check: the workflow's spec is at fault
+        raise UserError(f"{applications[-1]['name']}: {err}") from None
 
 
 def accuracy(records: list[dict], questions: list[dict], database: str) -> float:
@@ -192,24 +201,32 @@ def run_workflow(workflow, plan, classes, args) -> dict:
 
     from tessera.workers.runtime.bench import by_priority, send_burst
 
-    inputs = inputs_for(workflow, args.requests)
+    inputs = inputs_for(workflow, args.requests // len(TRAFFIC_CLASSES))
     bodies = burst_bodies(workflow, inputs)
     name = workflow.metadata.name
     policies = [("urgency", workflow.spec.serve.policy)] + ([] if args.no_baseline else [("fcfs", BASELINE_POLICY)])
     result: dict = {"sloLatencyMs": workflow.spec.slo.latency_ms}
+    *models, _runtime = workflow_applications(workflow, plan, classes, policies[0][1])
+    print(f"  {name}: loading its model deployments", file=sys.stderr)
+    serve_applications(models, http=args.keep_running)
     for label, policy in policies:
         print(f"  {name}: serving with {policy}", file=sys.stderr)
         last = label == policies[-1][0]
-        app_name, handle = serve_workflow(workflow, plan, classes, policy, http=args.keep_running and last)
+        runtime = workflow_applications(workflow, plan, classes, policy)[-1]
+        handle = serve_applications([runtime], http=args.keep_running and last)
         handle.answer.remote({"input": inputs[0], "deadlineMs": 3_600_000}).result(timeout_s=900)  # warm-up
         records = send_burst(handle, bodies, progress=f"  {name}, {policy}")
         result[label] = {"policy": policy, "byPriority": by_priority(records),
                          "errors": sorted({r["error"] for r in records if r["error"]})[:3]}
         database = database_of(workflow)
         if database:
-            result[label]["executionAccuracy"] = accuracy(records, dev_questions(database, len(records)), database)
+            questions = [q for q in dev_questions(database, len(inputs)) for _class in TRAFFIC_CLASSES]
+            result[label]["executionAccuracy"] = accuracy(records, questions, database)
         if not (args.keep_running and last):
-            serve.delete(app_name)
+            serve.delete(runtime["name"])
+    if not args.keep_running:
+        for application in models:
+            serve.delete(application["name"])
     result["checks"] = checks(result)
     return result
 
@@ -253,8 +270,8 @@ def render_report(results: dict, metrics_url: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from tessera.cli.plan import render_table
 
-    if args.requests < 3:
-        raise UserError(f"--requests: must be at least 3 (one per priority), got {args.requests}")
+    if args.requests < 3 or args.requests % 3:
+        raise UserError(f"--requests: must be a multiple of 3 (each input once per priority), got {args.requests}")
     started = time.monotonic()
     names = args.workflow or list(WORKFLOW_FILES)
     print(f"[1/4] planning {', '.join(names)} for the heterogeneous inventory", file=sys.stderr)

@@ -138,21 +138,23 @@ def _answer_with_serve(db: Path, args: argparse.Namespace) -> dict | None:
     import ray
     from ray import serve
 
-    from tessera.workers.runtime.app import build_app
+    from tessera.api.serve import build_applications
+    from tessera.api.workflow import DEFAULT_SERVE_IMPORT_PATH
+    from tessera.workers.local import serve_applications
 
     check_ray_address()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        app = build_app(local_workflow_args(db, args).to_wire())
+        applications = build_applications(local_workflow_args(db, args), DEFAULT_SERVE_IMPORT_PATH)
         if args.serve:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-            serve.run(app, name="text2sql", route_prefix="/text2sql")
+            serve_applications(applications, http=True, localize=False)
             print(f"serving on http://127.0.0.1:{args.port}/text2sql  (POST {{\"input\": <question>}}; Ctrl-C stops)",
                   file=sys.stderr)
             while True:
                 time.sleep(3600)
-        handle = serve.run(app, name="text2sql", route_prefix=None)
+        handle = serve_applications(applications, localize=False)
         response = handle.answer.remote({"input": args.question.strip()}).result()
     finally:
         ray.shutdown()

@@ -23,11 +23,17 @@ from tessera.api.serve import (
     WORKER_METRICS_PORT,
     StageDeployment,
     WorkflowAppArgs,
+    build_applications,
     ray_resource,
 )
 from tessera.api.hardware import WORKER_POD_OVERHEAD_CPU, WORKER_POD_OVERHEAD_MEMORY_GIB
 from tessera.api.model_profile import ModelProfile
-from tessera.operator.models import build_llm_application, build_model_deployments, device_actor_options
+from tessera.operator.models import (
+    build_llm_application,
+    build_model_deployments,
+    device_actor_options,
+    llm_application_name,
+)
 from tessera.operator.settings import OperatorSettings
 
 RAYSERVICE_API_VERSION = "ray.io/v1"
@@ -101,12 +107,13 @@ def build_stage_args(planned: StagePlan, declared: Stage, classes: dict[str, Har
 
 def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, HardwareClass],
                        profiles: Mapping[str, ModelProfile] | None = None) -> dict[str, Any]:
-    """The Serve application: the workers' builder with :class:`WorkflowAppArgs` (the spec and the plan) as args.
+    """The Serve applications, each with :class:`WorkflowAppArgs` (the spec and the plan) as args.
 
     Replicas and actor options travel in ``args.deployments`` rather than in a Serve ``deployments``
     override, because the deployments' names belong to the application builder. The llm stages call
-    one model deployment per (model, class) of the plan (``args.models``, operator/models.py); those
-    vLLM serves go into a second application, Ray Serve LLM's.
+    one model deployment per (model, class) of the plan (``args.models``, operator/models.py), held by
+    an application of their own (``build_applications``); those vLLM serves go into a third one, Ray
+    Serve LLM's.
     """
     spec = workflow.spec
     declared = {stage.name: stage for stage in spec.stages}
@@ -119,14 +126,8 @@ def build_serve_config(workflow: AgentWorkflow, plan: Plan, classes: dict[str, H
     args.models, keys = build_model_deployments(workflow, plan, classes, profiles or {})
     for name, key in keys.items():
         args.deployments[name].model_deployment = key
-    applications = [{
-        "name": workflow.metadata.name,
-        "route_prefix": f"/{workflow.metadata.name}",
-        "import_path": spec.serve.import_path,
-        "args": args.to_wire(),
-    }]
     llm = build_llm_application(workflow, args.models, keys, classes, profiles or {})
-    return {"applications": applications + ([llm] if llm else [])}
+    return {"applications": build_applications(args, spec.serve.import_path) + ([llm] if llm else [])}
 
 
 def build_head_group(image: str, labels: dict[str, str], settings: OperatorSettings) -> dict[str, Any]:
@@ -217,7 +218,7 @@ def build_rayservice(workflow: AgentWorkflow, plan: Plan, classes: dict[str, Har
     that an operator that restarts before the workflow's status was written knows what the child holds."""
     labels = build_labels(workflow)
     serve_config = build_serve_config(workflow, plan, classes, profiles)
-    runs_vllm = len(serve_config["applications"]) > 1  # the Ray Serve LLM application (operator/models.py)
+    runs_vllm = any(app["name"] == llm_application_name(workflow.metadata.name) for app in serve_config["applications"])
     image = workflow.spec.serve.image or (settings.vllm_worker_image if runs_vllm else settings.worker_image)
     devices = plan.devices_by_class()
     per_pod = devices_per_pod or {}

@@ -61,3 +61,16 @@ def build_application(application: dict[str, Any]):
     module_name, _, attr = application["import_path"].partition(":")
     builder = getattr(importlib.import_module(module_name), attr)
     return builder(application.get("args", {}))
+
+
+def serve_applications(applications: list[dict[str, Any]], *, http: bool = False, localize: bool = True):
+    """Run a workflow's applications (``api.serve.build_applications``: its models, then its runtime) on the
+    local Serve, each one ready before the next starts; the handle of the last (the runtime's ingress).
+    ``http``: also on Serve's HTTP proxy at each application's route."""
+    from ray import serve
+
+    handle = None
+    for application in applications:
+        app = localize_application(application) if localize else application
+        handle = serve.run(build_application(app), name=app["name"], route_prefix=app["route_prefix"] if http else None)
+    return handle

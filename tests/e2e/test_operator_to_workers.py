@@ -62,23 +62,29 @@ def rayservices_of_examples(tmp_path: Path) -> dict[str, dict]:
     return children
 
 
-def serve_from(rayservice: dict):
+def serve_from(rayservice: dict) -> list[dict]:
+    """The workflow's applications as written (its models, then its runtime), served locally; the vLLM one
+    (for GPUs) is left out: localizing puts its models on Tessera's CPU engine."""
+    from tessera.operator.models import LLM_IMPORT_PATH
+    from tessera.workers.local import serve_applications
+
+    written = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    applications = [app for app in written if app["import_path"] != LLM_IMPORT_PATH]
+    workflow = rayservice["metadata"]["labels"]["tessera.dev/workflow"]
+    assert [app["name"] for app in applications] == [f"{workflow}-models", workflow]
+    assert applications[-1]["import_path"] == DEFAULT_SERVE_IMPORT_PATH  # the workflows set no spec.serve
+    serve_applications(applications, http=True)
+    return applications
+
+
+def delete(applications: list[dict]) -> None:
     from ray import serve
 
-    from tessera.workers.local import build_application, localize_application
-
-    applications = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
-    # The workflow's own application (a second one may hold the plan's vLLM model servers, for GPUs).
-    (written,) = [app for app in applications if app["name"] == rayservice["metadata"]["labels"]["tessera.dev/workflow"]]
-    assert written["import_path"] == DEFAULT_SERVE_IMPORT_PATH  # the workflows set no spec.serve
-    application = localize_application(written)
-    serve.run(build_application(application), name=application["name"], route_prefix=application["route_prefix"])
-    return application
+    for application in applications:
+        serve.delete(application["name"])
 
 
 def test_rag_and_chat_run_from_kubectl_apply_to_an_answer(tmp_path, serve_http_port):
-    from ray import serve
-
     from tessera.workers.retrieval import default_corpus, index_files
 
     index_files(default_corpus(), "tessera-docs")  # what `tessera index` does, into the default local store
@@ -88,12 +94,12 @@ def test_rag_and_chat_run_from_kubectl_apply_to_an_answer(tmp_path, serve_http_p
 
     rag = serve_from(children["rag-assistant"])
     try:
-        answer = httpx.post(f"http://127.0.0.1:{serve_http_port}{rag['route_prefix']}",
+        answer = httpx.post(f"http://127.0.0.1:{serve_http_port}{rag[-1]['route_prefix']}",
                             json={"input": "What does the operator write for each workflow?", "priority": 1,
                                   "deadlineMs": 300_000},  # the first call loads the model and the collection
                             timeout=300).json()
     finally:
-        serve.delete(rag["name"])
+        delete(rag)
     assert "error" not in answer, answer
     stages = {s["name"]: s for s in answer["stages"]}
     assert list(stages) == ["retrieve", "rerank", "answer", "file-ticket"]
@@ -104,12 +110,12 @@ def test_rag_and_chat_run_from_kubectl_apply_to_an_answer(tmp_path, serve_http_p
 
     chat = serve_from(children["chat"])
     try:
-        with httpx.stream("POST", f"http://127.0.0.1:{serve_http_port}{chat['route_prefix']}",
+        with httpx.stream("POST", f"http://127.0.0.1:{serve_http_port}{chat[-1]['route_prefix']}",
                           json={"input": "Name a primary colour.", "stream": True}, timeout=300) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             events = [block for block in response.iter_text() for block in block.split("\n\n") if block.strip()]
     finally:
-        serve.delete(chat["name"])
+        delete(chat)
     kinds = [event.split("\n")[0] for event in events]
     assert kinds[-1] == "event: result" and kinds.count("event: token") >= 1
     tokens = "".join(json.loads(e.split("data: ", 1)[1]) for e in events if e.startswith("event: token"))

@@ -79,8 +79,12 @@ def test_rayservice_serve_config_carries_the_plan_and_the_user_args():
     wf = parsed(workflow("qa", priority=3, serve={"args": {"policy": "wb-urgency"}, "image": "my/img:1"}))
     p = plan(answer=stage("l40s", replicas=2), **{"file-ticket": stage("cpu-epyc")})
     child = build_rayservice(wf, p, CLASSES, OperatorSettings())
-    app = yaml.safe_load(child["spec"]["serveConfigV2"])["applications"][0]
+    models, app = yaml.safe_load(child["spec"]["serveConfigV2"])["applications"]
     assert app["import_path"] == wf.spec.serve.import_path == "tessera.workers.runtime.app:build_app"
+    # the llm stage's model deployment is an application of its own, at the workflow's OpenAI route
+    assert (models["name"], models["route_prefix"], models["import_path"]) == (
+        "qa-models", "/qa/v1", "tessera.workers.runtime.models:build_models_app")
+    assert models["args"] == app["args"]
     args = WorkflowAppArgs.model_validate(app["args"])  # what the workers' builder validates
     assert args.spec == wf.spec and args.spec.serve.args == {"policy": "wb-urgency"} and args.spec.priority == 3
     assert (args.workflow, args.namespace) == ("qa", "default")

@@ -113,8 +113,9 @@ def test_one_model_deployment_per_model_and_class(stages, expected):
 def test_serve_config_names_each_llm_stages_model_deployment():
     wf = WORKFLOWS["text2sql"]
     config = build_serve_config(wf, plan_on(wf, "cpu-epyc"), CLASSES, PROFILES)
-    assert [app["name"] for app in config["applications"]] == ["text2sql"]  # no accelerator: no vLLM app
-    args = WorkflowAppArgs.model_validate(config["applications"][0]["args"])
+    # no accelerator: no vLLM app; the model deployments and the runtime
+    assert [app["name"] for app in config["applications"]] == ["text2sql-models", "text2sql"]
+    args = WorkflowAppArgs.model_validate(config["applications"][1]["args"])
     llm = [s.name for s in wf.spec.stages if s.kind.value == "llm"]
     assert len(llm) >= 2 and set(args.models) == {"llama-3-1-70b@cpu-epyc"}
     assert {args.deployments[name].model_deployment for name in llm} == {"llama-3-1-70b@cpu-epyc"}

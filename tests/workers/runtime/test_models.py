@@ -38,7 +38,8 @@ def operator_args(llm_classes: list[str]) -> WorkflowAppArgs:
     stages = {s.name: StagePlan(hardware_class=next(llm_stages) if s.kind.value == "llm" else "cpu-epyc", replicas=1,
                                 predicted_latency_ms=1, watts=1, usd_per_hour=1) for s in TEXT2SQL.spec.stages}
     config = build_serve_config(TEXT2SQL, Plan(feasible=True, objective="tco", stages=stages), CLASSES, PROFILES)
-    return WorkflowAppArgs.model_validate(config["applications"][0]["args"])
+    assert [app["name"] for app in config["applications"]][:2] == ["text2sql-models", "text2sql"]
+    return WorkflowAppArgs.model_validate(config["applications"][1]["args"])
 
 
 @pytest.mark.parametrize("llm_classes, keys", [
@@ -124,18 +125,24 @@ def test_openai_chat_answer_and_the_call_it_makes():
 
 
 def test_openai_endpoints_of_a_workflow_answer_from_its_one_model_deployment(serve_http_port):
-    """The real model: two llm stages share one deployment; chat, completion and a stream answer under the route."""
+    """The real model: two llm stages share one deployment, in the models application; chat, completion and a
+    stream answer under the workflow's route, and the workflow's runtime calls the same deployment."""
     from ray import serve
 
-    from tessera.workers.runtime.app import build_app
+    from tessera.api.serve import build_applications
+    from tessera.api.workflow import DEFAULT_SERVE_IMPORT_PATH
+    from tessera.workers.local import serve_applications
 
     args = app_args(llm("a"), llm("b", deps=("a",)))
-    serve.run(build_app(args.model_dump(by_alias=True, mode="json", exclude_none=True)), name="wf-models",
-              route_prefix="/wf-models")
+    args.workflow = "wf"
+    applications = build_applications(args, DEFAULT_SERVE_IMPORT_PATH)
+    assert [app["name"] for app in applications] == ["wf-models", "wf"]
+    serve_applications(applications, http=True, localize=False)
     try:
-        deployments = serve.status().applications["wf-models"].deployments
-        assert [name for name in deployments if name.startswith("model-")] == ["model-smollm2-135m"]
-        base = f"http://127.0.0.1:{serve_http_port}/wf-models/v1"
+        status = serve.status().applications
+        assert [name for name in status["wf-models"].deployments if name.startswith("model-")] == ["model-smollm2-135m"]
+        assert not [name for name in status["wf"].deployments if name.startswith("model-")]
+        base = f"http://127.0.0.1:{serve_http_port}/wf/v1"
         with httpx.Client(timeout=300) as http:
             chat = http.post(f"{base}/chat/completions", json={
                 "model": "smollm2-135m", "max_tokens": 6, "messages": [{"role": "user", "content": "Say yes."}]})
@@ -151,7 +158,8 @@ def test_openai_endpoints_of_a_workflow_answer_from_its_one_model_deployment(ser
             assert events[-1] == "[DONE]"
             text = "".join(json.loads(event)["choices"][0]["text"] for event in events[:-1])
             assert text.strip()
-            workflow = http.post(f"http://127.0.0.1:{serve_http_port}/wf-models", json={"input": "Say hi."})
+            workflow = http.post(f"http://127.0.0.1:{serve_http_port}/wf", json={"input": "Say hi."})
             assert workflow.status_code == 200 and not workflow.json().get("error"), workflow.text
     finally:
-        serve.delete("wf-models")
+        for application in applications:
+            serve.delete(application["name"])

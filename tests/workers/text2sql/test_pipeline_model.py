@@ -58,14 +58,17 @@ def test_the_benchmark_reports_both_accuracies_on_a_question_file(llm_engine, t2
 def test_the_example_workflow_answers_on_the_runtime_over_a_handle_and_over_http(serve_http_port, t2s_dbs):
     from ray import serve
 
+    from tessera.api.serve import build_applications
+    from tessera.api.workflow import DEFAULT_SERVE_IMPORT_PATH
     from tessera.cli.text2sql import local_workflow_args
-    from tessera.workers.runtime.app import build_app
+    from tessera.workers.local import serve_applications
 
     db = t2s_dbs / "store.sqlite"
     flags = argparse.Namespace(candidates=2, policy="wb-urgency", alpha=0.3, priority=0, slo_ms=300_000)
     port = serve_http_port
-    handle = serve.run(build_app(local_workflow_args(db, flags).to_wire()), name="text2sql-test",
-                       route_prefix="/text2sql-test")
+    args = local_workflow_args(db, flags)
+    args.workflow = "text2sql-test"
+    handle = serve_applications(build_applications(args, DEFAULT_SERVE_IMPORT_PATH), http=True, localize=False)
     try:
         out = handle.answer.remote({"input": QUESTION, "priority": 2}).result(timeout_s=600)
         gold = SQLSandbox(db).execute(GOLD).result_key
@@ -85,4 +88,5 @@ def test_the_example_workflow_answers_on_the_runtime_over_a_handle_and_over_http
         empty = handle.answer.remote({"input": "  "}).result(timeout_s=60)
         assert empty["error"].startswith("stage 'link-schema' failed: ValueError: stage link-schema: input:")
     finally:
-        serve.delete("text2sql-test")
+        for application in ("text2sql-test", "text2sql-test-models"):
+            serve.delete(application)
