@@ -22,6 +22,7 @@ request leaves the batch as soon as it ends, and the next waiting one takes its 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import json
@@ -41,6 +42,8 @@ from tessera.workers.llm.specdec import SpecDecConfig, SpeculativeSession
 from tessera.workers.llm.steps import GenerationResult, LLMRequestError, TokenStep, crop_cache
 
 DEFAULT_MAX_BATCH = 16
+PREFILL_TOKENS = 2048  # prompt tokens one packed prefill forward takes at most (its mask is this squared)
+CACHE_ROOM = 64  # cache columns allocated ahead of the widest row
 
 
 # ---------------------------------------------------------------------------- admission
@@ -196,25 +199,29 @@ class _Batch:
     def width(self) -> int:
         return 0 if self.mask is None else self.mask.shape[1]
 
-    def join(self, request: Request, cache) -> None:
-        """Add a prefilled request: pad the narrower side on the left, stack the rows."""
+    def join(self, requests: list[Request], rows: list[list[tuple]]) -> None:
+        """Add prefilled requests; ``rows[i]`` holds request i's (keys, values) per layer, each
+        [1, heads, prompt length, head dim]. One copy puts old and new rows, right-aligned, into
+        fresh buffers."""
         import torch
+        from transformers.cache_utils import Cache
 
-        length = cache.get_seq_length()
-        row_mask = torch.ones(1, length, dtype=torch.long)
-        if self.cache is None:
-            self.requests, self.cache, self.mask = [request], cache, row_mask
-            return
-        width = max(self.width, length)
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys, mine.values = (torch.cat([_left_pad(a, width), _left_pad(b, width)])
-                                      for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)))
-        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(row_mask, width, dim=1)])
-        self.requests.append(request)
+        lengths = [layers[0][0].shape[-2] for layers in rows]
+        width = max(self.width, *lengths)
+        old = [] if self.cache is None else [(layer.keys, layer.values) for layer in self.cache.layers]
+        layers = []
+        for i in range(len(rows[0])):
+            parts = ([old[i]] if old else []) + [layers_of[i] for layers_of in rows]
+            layers.append(_growing_layer([k for k, _ in parts], [v for _, v in parts], width))
+        self.cache = Cache(layers=layers)
+        masks = ([self.mask] if self.mask is not None else []) + [torch.ones(1, n, dtype=torch.long) for n in lengths]
+        self.mask = torch.cat([_left_pad(m, width, dim=1) for m in masks])
+        self.requests.extend(requests)
 
     def remove(self, done: list[Request]) -> None:
         """Drop finished rows, then the leading columns that are padding in every row left."""
         import torch
+        from transformers.cache_utils import Cache
 
         keep = [i for i, r in enumerate(self.requests) if r not in done]
         if not keep:
@@ -225,8 +232,9 @@ class _Batch:
         self.mask = self.mask[index]
         first_real = int(self.mask.argmax(dim=1).min())  # leading columns no row uses
         self.mask = self.mask[:, first_real:]
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, first_real:], layer.values[index, :, first_real:]
+        self.cache = Cache(layers=[
+            _growing_layer([layer.keys[index, :, first_real:]], [layer.values[index, :, first_real:]], self.width)
+            for layer in self.cache.layers])
 
     def forward(self, tokens):
         """One token per row: returns (logits [rows, vocab], last hidden states [rows, hidden])."""
@@ -248,6 +256,63 @@ class _Batch:
 
         crop_cache(self.cache, length)
         self.mask = torch.ones(1, length, dtype=torch.long)
+
+
+@functools.cache
+def _growing_layer_class():
+    """The batch's cache layer class; its base, transformers' DynamicLayer, is imported at first use."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """One layer of the batch's KV cache in buffers with free columns after the widest row: a decode
+        step writes its column in place, where DynamicLayer concatenates (a copy of the whole cache
+        per layer and step). ``keys``/``values`` are views of the used columns."""
+
+        def __init__(self, keys: list, values: list, width: int):
+            super().__init__()
+            self.device, self.is_initialized = keys[0].device, True
+            self._length = width
+            self._keys, self._values = _right_aligned(keys, width), _right_aligned(values, width)
+            self._view()
+
+        def _view(self) -> None:
+            self.keys, self.values = self._keys[:, :, : self._length], self._values[:, :, : self._length]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self._length + key_states.shape[-2]
+            if end > self._keys.shape[-2]:
+                self._keys = _right_aligned([self.keys], self._length, room=max(CACHE_ROOM, end - self._length))
+                self._values = _right_aligned([self.values], self._length, room=max(CACHE_ROOM, end - self._length))
+            self._keys[:, :, self._length : end] = key_states
+            self._values[:, :, self._length : end] = value_states
+            self._length = end
+            self._view()
+            return self.keys, self.values
+
+        def crop(self, tokens_to_remove: int) -> None:
+            self._length -= abs(tokens_to_remove)
+            self._view()
+
+    return GrowingLayer
+
+
+def _growing_layer(keys: list, values: list, width: int):
+    return _growing_layer_class()(keys, values, width)
+
+
+def _right_aligned(parts: list, width: int, room: int = 0):
+    """Rows of ``parts`` ([rows, heads, length <= width, dim] each) stacked into one zeroed buffer of
+    ``width + CACHE_ROOM`` columns (or ``width + room``), each row ending at column ``width``: the
+    zeros on the left are padding that the mask hides (zeros, not uninitialised memory, so that no
+    NaN can reach a masked product)."""
+    first = parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    buffer = first.new_zeros(rows, first.shape[1], width + (room or CACHE_ROOM), first.shape[3])
+    row = 0
+    for part in parts:
+        buffer[row : row + part.shape[0], :, width - part.shape[-2] : width] = part
+        row += part.shape[0]
+    return buffer
 
 
 def _left_pad(tensor, width: int, dim: int = 2):
@@ -360,60 +425,93 @@ class BatchingEngine:
 
     # ------------------------------------------------------------------ the scheduler
     def _run(self) -> None:
-        import torch
-
         self._bitmask = None
+        pending: list[Request] = []  # admitted (a batch slot is theirs), not prefilled yet
         while True:
             with self._wake:
-                while not self._stopped and not len(self._waiting) and not len(self._batch):
+                while not self._stopped and not len(self._waiting) and not len(self._batch) and not pending:
                     self._wake.wait()
                 if self._stopped:
                     break
-                admitted = self._waiting.pop(self.max_batch_size - len(self._batch))
+                for request in self._waiting.pop(self.max_batch_size - len(self._batch) - len(pending)):
+                    request.admitted = time.perf_counter()
+                    pending.append(request)
+            group = _prefill_group(pending)
+            del pending[: len(group)]
             try:
-                for request in admitted:
-                    self._prefill(request)
+                if group:
+                    self._prefill(group)
                 if len(self._batch):
-                    self._step(torch)
+                    self._step()
             except Exception as error:  # a bug must not hang callers: fail what was running
-                for request in self._batch.requests:
-                    request.finish(error)
+                for request in self._batch.requests + group:
+                    if not request._done.is_set():
+                        request.finish(error)
                 self._batch = _Batch(self.engine)
         closed = RuntimeError("the engine was closed")
-        for request in self._batch.requests + self._waiting.pop(len(self._waiting)):
+        for request in self._batch.requests + pending + self._waiting.pop(len(self._waiting)):
             request.finish(closed)
 
-    def _prefill(self, request: Request) -> None:
-        request.admitted = time.perf_counter()
-        if request.cancelled:
-            request.finish()
-            return
-        cache = self.engine.new_cache()
-        logits, hidden = self.engine.forward(request.prompt_ids, cache)
-        request.stats["target_steps"] += 1
-        request.stats["prefill_seconds"] = time.perf_counter() - request.admitted
-        request.feature = hidden[-1]
-        first = self._choose(request, self._masked(request, logits[-1]))
-        request.ids.append(first.token_id)
-        if request.accept(first, self.engine.eos_token_ids):
-            request.finish()
-        else:
-            self._batch.join(request, cache)
+    def _prefill(self, group: list[Request]) -> None:
+        """Prefill the group's prompts in one forward, packed into one row: a block-diagonal causal
+        mask keeps each prompt to its own tokens and position ids restart at 0 for each, so every
+        prompt gets the keys, values and logits it would get alone (no padding to compute). Then
+        choose each first token and join the batch."""
+        import torch
 
-    def _step(self, torch) -> None:
+        for request in [r for r in group if r.cancelled]:
+            request.finish()
+        group = [r for r in group if not r.cancelled]
+        if not group:
+            return
+        started = time.perf_counter()
+        lengths = [len(r.prompt_ids) for r in group]
+        ends = list(itertools.accumulate(lengths))
+        ids = torch.tensor([[t for r in group for t in r.prompt_ids]], dtype=torch.long)
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]
+        segment = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(lengths))
+        mask = None
+        if len(group) > 1:
+            mask = (segment[:, None] == segment[None, :]) & (positions[0][:, None] >= positions[0][None, :])
+            mask = mask[None, None]
+        cache = self.engine.new_cache()
+        model = self.engine.model
+        with torch.inference_mode():
+            hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                 use_cache=True).last_hidden_state[0]
+            last = hidden[[end - 1 for end in ends]]
+            logits = model.lm_head(last).float()
+        seconds = time.perf_counter() - started
+        steps = self._decide(group, logits)
+        joining, rows = [], []
+        for i, (request, step) in enumerate(zip(group, steps)):
+            request.stats["target_steps"] += 1
+            request.stats["prefill_seconds"] = seconds
+            request.stats["prefill_group"] = len(group)
+            request.feature = last[i]
+            request.ids.append(step.token_id)
+            if request.accept(step, self.engine.eos_token_ids):
+                request.finish()
+                continue
+            start = ends[i] - lengths[i]
+            joining.append(request)
+            rows.append([(layer.keys[:, :, start : ends[i]], layer.values[:, :, start : ends[i]])
+                         for layer in cache.layers])
+        if joining:
+            self._batch.join(joining, rows)
+
+    def _step(self) -> None:
         batch = self._batch
         if len(batch) == 1 and self.speculative is not None and batch.requests[0].speculative:
             done = self._speculative_step(batch.requests[0])
         else:
             logits, hidden = batch.forward([r.ids[-1] for r in batch.requests])
-            self._apply_grammars(logits)
             done = []
-            for row, request in enumerate(batch.requests):
+            for row, (request, step) in enumerate(zip(batch.requests, self._decide(batch.requests, logits))):
                 request.stats["target_steps"] += 1
                 sizes = request.stats["batch_sizes"]
                 sizes[len(batch)] = sizes.get(len(batch), 0) + 1
                 request.feature = hidden[row]
-                step = self._choose(request, logits[row])
                 request.ids.append(step.token_id)
                 if request.accept(step, self.engine.eos_token_ids) or request.cancelled:
                     done.append(request)
@@ -435,7 +533,7 @@ class BatchingEngine:
             nonlocal ended
             if ended:  # the request ended earlier in this step; -1 never equals a drafted token
                 return TokenStep(-1, 0.0)
-            step = self._choose(request, self._masked(request, logits))
+            step = self._decide([request], logits[None].clone())[0]
             ended = request.accept(step, self.engine.eos_token_ids)
             return step
 
@@ -445,9 +543,23 @@ class BatchingEngine:
             crop=batch.crop, choose=choose)
         return [request] if ended or request.cancelled else []
 
-    def _apply_grammars(self, logits) -> None:
-        """Each constrained row's bitmask from its own matcher, applied to the batch's logits in place."""
-        constrained = [row for row, r in enumerate(self._batch.requests) if r.matcher is not None]
+    def _decide(self, requests: list[Request], logits) -> list[TokenStep]:
+        """Row i's next token for requests[i] from ``logits`` (rows x vocab, masked in place by each
+        constrained request's grammar): greedy or sampled, with its log-probability."""
+        import torch
+
+        self._apply_grammars(requests, logits)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        best = logits.argmax(dim=-1).tolist()
+        steps = []
+        for row, request in enumerate(requests):
+            token = best[row] if request.options.temperature == 0.0 else self._sample(request, logits[row])
+            steps.append(TokenStep(token, float(logprobs[row, token])))
+        return steps
+
+    def _apply_grammars(self, requests: list[Request], logits) -> None:
+        """Each constrained row's bitmask from its own matcher, applied to ``logits`` in place."""
+        constrained = [row for row, r in enumerate(requests) if r.matcher is not None]
         if not constrained:
             return
         import xgrammar
@@ -455,38 +567,31 @@ class BatchingEngine:
         if self._bitmask is None:
             self._bitmask = xgrammar.allocate_token_bitmask(self.max_batch_size, logits.shape[-1])
         for row in constrained:
-            self._batch.requests[row].matcher.fill_next_token_bitmask(self._bitmask, row)
-        xgrammar.apply_token_bitmask_inplace(logits, self._bitmask[: len(self._batch)], indices=constrained)
+            requests[row].matcher.fill_next_token_bitmask(self._bitmask, row)
+        xgrammar.apply_token_bitmask_inplace(logits, self._bitmask[: len(requests)], indices=constrained)
 
-    def _masked(self, request: Request, logits):
-        """A copy of one row of logits with the request's grammar applied (outside the batched step)."""
-        logits = logits.clone()
-        if request.matcher is not None:
-            import xgrammar
-
-            bitmask = xgrammar.allocate_token_bitmask(1, logits.shape[-1])
-            request.matcher.fill_next_token_bitmask(bitmask, 0)
-            xgrammar.apply_token_bitmask_inplace(logits[None], bitmask)
-        return logits
-
-    def _choose(self, request: Request, logits) -> TokenStep:
-        """The request's next token from its (already masked) logits: greedy or sampled."""
+    @staticmethod
+    def _sample(request: Request, logits) -> int:
         import torch
 
-        logprobs = torch.log_softmax(logits, dim=-1)
-        temperature = request.options.temperature
-        if temperature == 0.0:
-            token = int(torch.argmax(logits))
-        else:
-            if request.generator is None:
-                request.generator = torch.Generator()
-                if request.seed is not None:
-                    request.generator.manual_seed(request.seed)
-                else:
-                    request.generator.seed()
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=request.generator))
-        return TokenStep(token, float(logprobs[token]))
+        if request.generator is None:
+            request.generator = torch.Generator()
+            if request.seed is not None:
+                request.generator.manual_seed(request.seed)
+            else:
+                request.generator.seed()
+        probs = torch.softmax(logits / request.options.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=request.generator))
+
+
+def _prefill_group(pending: list[Request]) -> list[Request]:
+    """The first pending requests whose prompts fit one packed prefill (always at least one)."""
+    total = 0
+    for count, request in enumerate(pending):
+        total += len(request.prompt_ids)
+        if count and total > PREFILL_TOKENS:
+            return pending[:count]
+    return list(pending)
 
 
 class _AsyncPieces:
