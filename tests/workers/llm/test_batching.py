@@ -45,18 +45,36 @@ def batching(llm_engine):
 @pytest.mark.model
 def test_every_request_of_a_concurrent_batch_equals_plain_greedy_decoding(llm_engine, batching,
                                                                           sql_and_chat_prompts):
-    prompts = [*sql_and_chat_prompts, sql_and_chat_prompts[0] + "SELECT"]
+    prompts = [*sql_and_chat_prompts, sql_and_chat_prompts[0] + "SELECT"]  # 3 prompt lengths
     lengths = [12, 20, 6]  # rows leave the batch at different steps
-
-    async def together():
-        return await asyncio.gather(*[batching.generate(p, max_tokens=n) for p, n in zip(prompts, lengths)])
-
-    results = asyncio.run(together())
+    with batching._wake:  # the scheduler admits all three at once: one packed prefill
+        requests = [batching.submit(p, max_tokens=n) for p, n in zip(prompts, lengths)]
+    results = [r.result(timeout=300) for r in requests]
     for prompt, n, result in zip(prompts, lengths, results):
         plain = llm_engine.generate(prompt, max_new_tokens=n)
         assert result.token_ids == plain.token_ids
         assert result.text == plain.text
+    assert [r.stats["prefill_group"] for r in results] == [3, 3, 3]
     assert max(max(r.stats["batch_sizes"]) for r in results) == 3  # they really shared steps
+
+
+@pytest.mark.model
+def test_a_longer_prompt_joining_a_running_batch_decodes_as_alone(llm_engine, batching, sql_and_chat_prompts):
+    sql, chat = sql_and_chat_prompts
+
+    async def stream_while_another_joins():
+        stream = batching.stream(chat, max_tokens=16)
+        pieces = stream.__aiter__()
+        first = await pieces.__anext__()  # the chat request is decoding: the longer SQL prompt joins
+        joining = batching.submit(sql, max_tokens=12)  # its batch and widens the cache to its length
+        text = first + "".join([piece async for piece in pieces])
+        return stream.request.result(0), text, joining.result(timeout=300)
+
+    running, streamed, joined = asyncio.run(stream_while_another_joins())
+    assert streamed == running.text
+    assert running.token_ids == llm_engine.generate(chat, max_new_tokens=16).token_ids
+    assert joined.token_ids == llm_engine.generate(sql, max_new_tokens=12).token_ids
+    assert running.stats["batch_sizes"].get(2, 0) > 0  # the two shared decode steps
 
 
 @pytest.mark.model
@@ -124,3 +142,19 @@ def test_generated_tokens_reach_the_metrics(batching):
     before = counted()
     result = batching.submit("Say hello.", max_tokens=5).result(timeout=120)
     assert counted() - before == len(result.token_ids) > 0
+
+
+@pytest.mark.model
+def test_a_greedy_request_alone_decodes_speculatively_and_losslessly(llm_engine):
+    from tessera.workers.llm.specdec import SpecDecConfig
+
+    speculative = BatchingEngine(llm_engine, max_batch_size=2, speculative=SpecDecConfig(method="ngram"))
+    try:  # text that repeats itself, so that n-gram lookup drafts tokens the target accepts
+        prompt = llm_engine.chat_prompt([{"role": "user", "content": "Repeat this line three times: one two three "
+                                                                      "four five six seven eight"}])
+        result = speculative.submit(prompt, max_tokens=24).result(timeout=300)
+        assert result.token_ids == llm_engine.generate(prompt, max_new_tokens=24).token_ids
+        assert result.stats["method"] == "batched+ngram"
+        assert result.stats["target_steps"] < len(result.token_ids)  # some steps kept drafted tokens
+    finally:
+        speculative.close()
