@@ -92,6 +92,9 @@ class GrammarSpec:
     other text the question quotes or capitalises (any text column); ``numbers``: the question's
     numbers, comparable with ``number_columns`` (all number columns when empty). ``select_columns``:
     (table, column) a query may return or group by (the question's columns and each table's label).
+    ``keys``: columns that only join rows (ids and foreign keys the question does not name): never
+    summed, averaged or sorted by. ``unique``: columns whose stored values are all distinct, so
+    grouping one table by them makes groups of one row.
     Grounding names and literals in the question stops a small model from filtering on values, or
     returning columns, that nobody asked about.
     """
@@ -104,17 +107,20 @@ class GrammarSpec:
     number_columns: tuple[tuple[str, str], ...] = ()
     select_columns: tuple[tuple[str, str], ...] = ()
     shape: QueryShape = QueryShape.open()
+    keys: tuple[tuple[str, str], ...] = ()
+    unique: tuple[tuple[str, str], ...] = ()
 
     def kinds(self) -> dict[tuple[str, str], str]:
         return {(t, c): k for t, cols in self.tables for c, k in cols}
 
-    def from_clauses(self) -> list[tuple[list[str], str]]:
-        """(tables, FROM-clause EBNF): each table alone, and each foreign-key join in both orders."""
-        clauses = [([t], _lit(t)) for t, _ in self.tables]
+    def from_clauses(self) -> list[tuple[list[str], str, str | None]]:
+        """(tables, FROM-clause EBNF, the referenced table of the join): each table alone, and each
+        foreign-key join in both orders."""
+        clauses = [([t], _lit(t), None) for t, _ in self.tables]
         for t, c, rt, rc in self.joins:
             on = f"({_lit(f'{t}.{c}')} {_EQ} {_lit(f'{rt}.{rc}')} | {_lit(f'{rt}.{rc}')} {_EQ} {_lit(f'{t}.{c}')})"
             for a, b in ((t, rt), (rt, t)):
-                clauses.append(([a, b], f'{_lit(a)} " " ("INNER ")? "JOIN " {_lit(b)} " ON " {on}'))
+                clauses.append(([a, b], f'{_lit(a)} " " ("INNER ")? "JOIN " {_lit(b)} " ON " {on}', rt))
         return clauses
 
 
@@ -143,24 +149,39 @@ def _names(pairs: list[tuple[str, str]], visible: list[tuple[str, str]]) -> list
     return [n for t, c in pairs for n in ([f"{t}.{c}"] + ([c] if bare_count[c] == 1 else []))]
 
 
-def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str) -> list[str]:
-    """The rules of one query alternative (``q{i}``): the SELECT over ``tables`` joined by ``from_clause``."""
+def _distinct_pair(items: list[str]) -> str:
+    """EBNF for one or two of the rules ``items``, comma-separated, never the same twice: a small model
+    otherwise repeats one column until it runs out of tokens."""
+    if len(items) == 1:
+        return f"({items[0]})"
+    return "(" + " | ".join(f'{a} (comma ({" | ".join(b for b in items if b != a)}))?' for a in items) + ")"
+
+
+def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str, parent: str | None) -> list[str]:
+    """The rules of one query alternative (``q{i}``): the SELECTs over ``tables`` joined by ``from_clause``.
+
+    A query returns one or two columns, one aggregate, or a column and an aggregate; SQL asks the
+    last to group by exactly the column it returns, so the grammar writes that GROUP BY itself. It
+    may group only by a column whose rows repeat there: one with repeated values, or any column of
+    the referenced table of a join.
+    """
     kinds = spec.kinds()
     visible = [(t, c) for t in tables for (tt, c) in kinds if tt == t]
     shape = spec.shape
-    numeric = [p for p in visible if kinds[p] == "number"]
+    measures = [p for p in visible if kinds[p] == "number" and p not in spec.keys]
     selectable = [p for p in visible if p in spec.select_columns] or visible
-    rules = [f"col{i} ::= {_one_of(_names(visible, visible))}", f"sel_col{i} ::= {_one_of(_names(selectable, visible))}"]
+    groupable = [p for p in selectable if p[0] == parent or p not in spec.unique]
+    rules = [f"col{i} ::= {_one_of(_names(visible, visible))}"]
+    for k, p in enumerate(selectable):
+        rules.append(f"s{i}_{k} ::= {_one_of(_names([p], visible))}")
     aggs = []
     if "COUNT" in shape.aggregates:
         aggs.append(f'"COUNT(" ("*" | "DISTINCT " col{i}) ")"')
     funcs = [f for f in ("SUM", "AVG", "MIN", "MAX") if f in shape.aggregates]
-    if funcs and numeric:
-        aggs.append(f'{_one_of(funcs)} "(" {_one_of(_names(numeric, visible))} ")"')
+    if funcs and measures:
+        aggs.append(f'{_one_of(funcs)} "(" {_one_of(_names(measures, visible))} ")"')
     if aggs:
         rules.append(f"agg{i} ::= " + " | ".join(aggs))
-    item = f"(agg{i} | sel_col{i})" if aggs else f"sel_col{i}"
-    rules.append(f'sel{i} ::= {item} (" AS " alias)?')
 
     eq = '("=" | "!=")' if "!=" in shape.ops else '"="'
     ops = _one_of(shape.ops)
@@ -168,27 +189,46 @@ def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str)
              for t, c, v in spec.values if t in tables]
     text_cols = [p for p in visible if kinds[p] == "text"]
     if spec.strings and text_cols:
-        conds.append(f'{_one_of(_names(text_cols, visible))} " "? {eq} " "? {_one_of([_quote(v) for v in spec.strings])}')
-    compared = [p for p in numeric if p in spec.number_columns] or [p for p in numeric if not p[1].lower().endswith("id")]
+        strings = _one_of([_quote(v) for v in spec.strings])
+        conds.append(f'{_one_of(_names(text_cols, visible))} " "? {eq} " "? {strings}')
+    compared = [p for p in measures if p in spec.number_columns] or measures
     if spec.numbers and compared:
         conds.append(f'{_one_of(_names(compared, visible))} " "? {ops} " "? number')
-    tail = []
+    where = ""
     if conds:
         rules.append(f"cond{i} ::= " + " | ".join(conds))
-        tail.append(f'(" WHERE " cond{i} (and_or cond{i} (and_or cond{i})?)?)?')
-    if shape.group_by:
-        having = f' (" HAVING " agg{i} " "? {ops} " "? number)?' if aggs and spec.numbers else ""
-        tail.append(f'(" GROUP BY " sel_col{i} ("," " "? sel_col{i})?{having})?')
-    if shape.order_by:
-        # "the most expensive", "the highest score": a superlative orders by a quantity, and takes
-        # the top one or as many as the question says.
-        keys = [f"col{i}"] if shape.sort_any or not numeric else [_one_of(_names(numeric, visible))]
-        key = " | ".join(keys + ([f"agg{i}"] if aggs else []))
-        limit = _one_of(sorted(set(spec.numbers) | {"1"}))
-        tail.append(f'(" ORDER BY " ({key}) (" ASC" | " DESC")? (" LIMIT " {limit})?)?')
-    # At most three columns and three conditions: a small model otherwise repeats one until it runs out of tokens.
-    rules.insert(0, f'q{i} ::= "SELECT " ("DISTINCT ")? sel{i} (comma sel{i} (comma sel{i})?)? " FROM " {from_clause} '
-                    + " ".join(tail))
+        # At most three conditions: a small model otherwise repeats one until it runs out of tokens.
+        rules.append(f'where{i} ::= " WHERE " cond{i} (and_or cond{i} (and_or cond{i})?)?')
+        where = f" where{i}?"
+    direction = '(" ASC" | " DESC")?'
+    limit = f'(" LIMIT " {_one_of(sorted(set(spec.numbers) | {"1"}))})?'
+    forms = []
+    # A question that asks for a count, sum or average of everything (no "each") returns aggregates only.
+    if not (aggs and not shape.group_by and set(shape.aggregates) & {"COUNT", "SUM", "AVG"}):
+        order = ""
+        if shape.order_by:
+            # "the most expensive", "the highest score": a superlative orders by a quantity, and takes
+            # the top one or as many as the question says; a question with a superlative and no sorting
+            # word that returns columns (not MIN/MAX) must order. Keys are never the order.
+            sortable = [p for p in visible if p not in spec.keys] if shape.sort_any else measures
+            if sortable:
+                optional = "?" if shape.sort_any else ""
+                order = f' (" ORDER BY " {_one_of(_names(sortable, visible))} {direction} {limit}){optional}'
+        items = [f"s{i}_{k}" for k in range(len(selectable))]
+        forms.append(f'"SELECT " ("DISTINCT ")? {_distinct_pair(items)} " FROM " {from_clause}{where}{order}')
+    if aggs:
+        forms.append(f'"SELECT " agg{i} " FROM " {from_clause}{where}')
+    if aggs and shape.group_by:
+        having = f' (" HAVING " agg{i} " "? {ops} " "? number)?' if spec.numbers else ""
+        order = f' (" ORDER BY " agg{i} {direction} {limit})?' if shape.order_by else ""
+        for k, p in enumerate(selectable):
+            if p in groupable:
+                forms.append(f'"SELECT " s{i}_{k} comma agg{i} " FROM " {from_clause}{where} " GROUP BY " s{i}_{k}'
+                             f'{having}{order}')
+                if shape.order_by:  # "which label has the most albums": grouped, ordered by the aggregate
+                    forms.append(f'"SELECT " s{i}_{k} " FROM " {from_clause}{where} " GROUP BY " s{i}_{k}'
+                                 f' " ORDER BY " agg{i} {direction} {limit}')
+    rules.insert(0, f"q{i} ::= " + " | ".join(f"({f})" for f in forms))
     return rules
 
 
@@ -197,11 +237,11 @@ def sql_grammar(spec: GrammarSpec) -> str:
     """The EBNF grammar (xgrammar syntax, root rule ``root``) of the SQL subset that ``spec`` allows."""
     clauses = spec.from_clauses()
     rules = [f'root ::= ({" | ".join(f"q{i}" for i in range(len(clauses)))}) ";"?',
-             'alias ::= [A-Za-z_] [A-Za-z_0-9]*', 'comma ::= "," " "?', 'and_or ::= " AND " | " OR "']
+             'comma ::= "," " "?', 'and_or ::= " AND " | " OR "']
     if spec.numbers:
         rules.append(f"number ::= {_one_of(spec.numbers)}")
-    for i, (tables, clause) in enumerate(clauses):
-        rules += _query_rules(spec, i, tables, clause)
+    for i, (tables, clause, parent) in enumerate(clauses):
+        rules += _query_rules(spec, i, tables, clause, parent)
     return "\n".join(rules)
 
 

@@ -5,7 +5,7 @@ documents; outputs are plain JSON. The request's ``input`` is the question (a st
 with ``question``); ``params.database`` names the SQLite file (opened read-only) in every stage.
 
     link_schema          -> {"kind": "linked", "question", "tables", "values"}
-    generate_candidates  -> {"kind": "candidates", "candidates": [{"sql", "origin"}]}   (llm: ctx.llm)
+    generate_candidates  -> {"kind": "candidates", "candidates": [{"sql", "origin", "meanLogprob"}]}   (llm)
     execute_candidates   -> {"kind": "executed", "candidates": [{... "ok", "columns", "rows", "error"}]}
     revise               -> the executed candidates, plus a revision of a failing one when none runs (llm)
     select_answer        -> {"sql", "columns", "rows", "votes", "candidates", "error"}
@@ -89,13 +89,17 @@ def _generator(ctx: StageContext) -> CandidateGenerator:
                               max_new_tokens=int(ctx.params.get("maxTokens", 64)))
 
 
-async def _write(ctx: StageContext, messages: list[dict], grammar, temperature: float, max_tokens: int) -> str:
+async def _write(ctx: StageContext, messages: list[dict], grammar, temperature: float,
+                 max_tokens: int) -> tuple[str, float]:
+    """(SQL, mean log-probability) from the stage's model: the few-shot examples go as earlier chat turns,
+    as the in-process SQLWriter sends them. An engine that reports no likelihood counts as 0.0."""
     if ctx.llm is None:
         raise ValueError(f"stage {ctx.stage}: needs a model (set the stage's model)")
-    system, prompt = prompts.single_turn(messages)
-    out = await ctx.llm.generate(prompt, system=system, max_tokens=max_tokens, temperature=temperature,
-                                 stop=LLM_STOP, grammar=sql_grammar(grammar))
-    return out.text.strip().rstrip(";").strip()
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
+    out = await ctx.llm.generate(turns[-1]["content"], system=system, history=turns[:-1], max_tokens=max_tokens,
+                                 temperature=temperature, stop=LLM_STOP, grammar=sql_grammar(grammar))
+    return out.text.strip().rstrip(";").strip(), out.mean_logprob or 0.0
 
 
 def link_schema(ctx: StageContext) -> dict[str, Any]:
@@ -117,8 +121,8 @@ async def generate_candidates(ctx: StageContext) -> dict[str, Any]:
     calls = generator.calls(question, linked, first + count)[first:]
     candidates = []
     for call in calls:
-        sql = await _write(ctx, call.messages, call.grammar, call.temperature, call.max_new_tokens)
-        candidates.append({"sql": sql, "origin": call.origin})
+        sql, logprob = await _write(ctx, call.messages, call.grammar, call.temperature, call.max_new_tokens)
+        candidates.append({"sql": sql, "origin": call.origin, "meanLogprob": logprob})
     return {"kind": "candidates", "candidates": candidates}
 
 
@@ -128,7 +132,7 @@ def _jsonable(value: Any) -> Any:
 
 def _executed(candidate: Candidate) -> dict[str, Any]:
     result = candidate.result
-    return {"sql": candidate.sql, "origin": candidate.origin, "ok": candidate.ok,
+    return {"sql": candidate.sql, "origin": candidate.origin, "meanLogprob": candidate.mean_logprob, "ok": candidate.ok,
             "columns": result.columns if result else [],
             "rows": [[_jsonable(v) for v in row] for row in result.rows] if result else [],
             "truncated": bool(result and result.truncated), "error": candidate.error, "errorKind": candidate.error_kind}
@@ -139,7 +143,7 @@ def _restored(item: dict[str, Any]) -> Candidate:
     if item["ok"]:
         rows = [tuple(row) for row in item["rows"]]
         result = ExecutionResult(item["columns"], rows, item["truncated"], 0.0, result_key(rows))
-    return Candidate(item["sql"], 0.0, item["origin"], result, item["error"], item["errorKind"])
+    return Candidate(item["sql"], item.get("meanLogprob", 0.0), item["origin"], result, item["error"], item["errorKind"])
 
 
 def _run(ctx: StageContext, database: str, candidates: list[Candidate]) -> list[Candidate]:
@@ -151,7 +155,8 @@ def execute_candidates(ctx: StageContext) -> dict[str, Any]:
     """Every candidate of the dependencies, run in the read-only sandbox (identical SQL runs once);
     ``params.timeoutS`` (default 2) and ``params.maxRows`` (default 1000) bound each query."""
     database = _database(ctx)
-    candidates = [Candidate(c["sql"], 0.0, c["origin"]) for out in _find(ctx, "candidates") for c in out["candidates"]]
+    candidates = [Candidate(c["sql"], c.get("meanLogprob", 0.0), c["origin"])
+                  for out in _find(ctx, "candidates") for c in out["candidates"]]
     if not candidates:
         raise ValueError(f"stage {ctx.stage}: needs a dependency whose output is of kind candidates")
     return {"kind": "executed", "candidates": [_executed(c) for c in _run(ctx, database, candidates)]}
@@ -159,7 +164,7 @@ def execute_candidates(ctx: StageContext) -> dict[str, Any]:
 
 async def revise(ctx: StageContext) -> dict[str, Any]:
     """The executed candidates (this stage's previous iteration's, else the dependency's), plus, when
-    none of them runs and the deadline allows, the model's repair of the most recent failing one."""
+    none of them runs and the deadline allows, the model's repair of the likeliest failing one."""
     database = _database(ctx)
     executed = ctx.previous if isinstance(ctx.previous, dict) else _one(ctx, "executed")
     items = list(executed["candidates"])
@@ -168,12 +173,12 @@ async def revise(ctx: StageContext) -> dict[str, Any]:
     if any(c["ok"] for c in items) or not failing or time.time() > ctx.deadline_s:
         return {**executed, "kind": "executed"}
     question, linked = _linked(ctx, database)
-    worst = failing[0]
+    worst = max(failing, key=lambda c: c.get("meanLogprob", 0.0))  # as Text2SQLPipeline: the likeliest
     generator = _generator(ctx)
     messages = prompts.revision_messages(question, linked, generator.examples(question), worst["sql"],
                                          worst["error"] or "unknown error")
-    sql = await _write(ctx, messages, linked.grammar_spec(question), 0.0, generator.max_new_tokens)
-    fixed = _run(ctx, database, [Candidate(sql, 0.0, "revision")])[0]
+    sql, logprob = await _write(ctx, messages, linked.grammar_spec(question), 0.0, generator.max_new_tokens)
+    fixed = _run(ctx, database, [Candidate(sql, logprob, "revision")])[0]
     return {"kind": "executed", "candidates": items + [_executed(fixed)], "revised": sorted(revised | {worst["sql"]})}
 
 

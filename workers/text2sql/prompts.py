@@ -92,16 +92,6 @@ def revision_messages(question: str, linked: LinkedSchema, examples: list[Exampl
     return messages
 
 
-def single_turn(messages: list[dict]) -> tuple[str | None, str]:
-    """(system, one user message) for a client that takes a single prompt: the few-shot turns become
-    worked examples in the message, each answer after ``SQL:``."""
-    system = next((m["content"] for m in messages if m["role"] == "system"), None)
-    turns = [m for m in messages if m["role"] != "system"]
-    parts = [f"{m['content']}\nSQL: {turns[i + 1]['content']}" for i, m in enumerate(turns[:-1])
-             if m["role"] == "user" and turns[i + 1]["role"] == "assistant"]
-    return system, "\n\n".join(parts + [turns[-1]["content"] + "\nSQL:"])
-
-
 def single_shot_messages(question: str, schema: Schema) -> list[dict]:
     """The baseline: the whole schema as CREATE TABLE statements, no examples."""
     ddl = "\n".join(f"CREATE TABLE {t} ({', '.join(f'{c} {ty}'.strip() for c, ty in cols)});"

@@ -63,11 +63,13 @@ class ValueMatch:
 
 @dataclass
 class Schema:
-    """Tables with their columns, foreign keys and the distinct values of category-like text columns."""
+    """Tables with their columns, foreign keys, the distinct values of category-like text columns, and
+    the columns whose stored values are all distinct (``unique``)."""
 
     tables: dict[str, list[tuple[str, str]]]
     foreign_keys: list[tuple[str, str, str, str]]
     values: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)
+    unique: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
     def load(cls, db_path: str | Path) -> "Schema":
@@ -88,7 +90,15 @@ class Schema:
                             values[(table, column)] = [r[0] for r in rows]
             return values
 
-        return cls(tables, sandbox.foreign_keys(), sandbox.read(category_values))
+        def unique_columns(conn) -> frozenset[tuple[str, str]]:
+            found = set()
+            for table, columns in tables.items():
+                counts = ", ".join(f'COUNT(DISTINCT "{c}")' for c, _ in columns)
+                total, *distinct = conn.execute(f'SELECT COUNT(*), {counts} FROM "{table}"').fetchone()
+                found |= {(table, c) for (c, _), n in zip(columns, distinct) if total > 1 and n == total}
+            return frozenset(found)
+
+        return cls(tables, sandbox.foreign_keys(), sandbox.read(category_values), sandbox.read(unique_columns))
 
     def columns(self, table: str) -> list[str]:
         return [c for c, _ in self.tables[table]]
@@ -202,7 +212,9 @@ class LinkedSchema:
             tables, tuple(self.foreign_keys()), tuple((m.table, m.column, m.value) for m in self.values),
             tuple(dict.fromkeys(s for s in strings if s not in matched)), tuple(dict.fromkeys(numbers)),
             numeric_mentioned, tuple(dict.fromkeys(mentioned + labels)),
-            QueryShape.of(question) if shaped else QueryShape.open())
+            QueryShape.of(question) if shaped else QueryShape.open(),
+            tuple((t, c) for t, cols in tables for c, _ in cols if not plain(t, c)),
+            tuple(p for p in self.schema.unique if p[0] in self.tables))
 
     def describe(self) -> str:
         """Compact schema text for a prompt: one line per table, then joins and matched values."""

@@ -135,7 +135,8 @@ class SelfCorrector:
 
 
 class SQLExecutor:
-    """Stage 3: runs candidates in the read-only sandbox; identical SQL runs once."""
+    """Stage 3: runs candidates in the read-only sandbox (first without the columns that only repeat what
+    the query compared, see ``without_compared_columns``); identical SQL runs once."""
 
     def __init__(self, timeout_s: float = 2.0, max_rows: int = 1000):
         self.timeout_s, self.max_rows = timeout_s, max_rows
@@ -145,6 +146,7 @@ class SQLExecutor:
         seen: dict[str, Candidate] = {}
         done = []
         for cand in candidates:
+            cand = Candidate(without_compared_columns(cand.sql), cand.mean_logprob, cand.origin)
             if cand.sql in seen:
                 first = seen[cand.sql]
                 done.append(Candidate(cand.sql, cand.mean_logprob, cand.origin, first.result, first.error,
@@ -168,18 +170,46 @@ class Selection:
     groups: int = 0
 
 
+_SELECT = re.compile(r"\s*SELECT\s+(DISTINCT\s+)?(.*?)(\s+FROM\s.*)", re.I | re.S)
+
+
+def _items(select_list: str) -> list[str]:
+    """The returned expressions of a SELECT list, lower-case, without their aliases."""
+    return [re.sub(r"\s+AS\s+\w+$", "", i.strip(), flags=re.I).lower() for i in select_list.split(",")]
+
+
 def malformed(sql: str) -> bool:
     """A query that runs but cannot be a sensible answer: it groups by a column it does not return,
     or returns one column twice (a small model's habit of listing columns until it stops)."""
-    match = re.match(r"\s*SELECT\s+(?:DISTINCT\s+)?(.*?)\s+FROM\s", sql, re.I | re.S)
+    match = _SELECT.match(sql)
     if not match:
         return False
-    items = [re.sub(r"\s+AS\s+\w+$", "", i.strip(), flags=re.I).lower() for i in match.group(1).split(",")]
+    items = _items(match.group(2))
     if len(items) != len(set(items)):
         return True
     group = re.search(r"\bGROUP\s+BY\s+(.*?)(?:\s+HAVING\b|\s+ORDER\b|\s+LIMIT\b|$)", sql, re.I | re.S)
     bare = {i.split(".")[-1] for i in items}
     return bool(group) and any(g.strip().lower().split(".")[-1] not in bare for g in group.group(1).split(","))
+
+
+def without_compared_columns(sql: str) -> str:
+    """``sql`` without the returned columns that, beside another one, only repeat what the query
+    compared: a column its WHERE compares, or the one it takes the top rows by ("the most experienced
+    doctor" is the doctor, not the doctor and the experience). A small model adds the column it compared
+    after the one asked for; grouped or aggregating queries are left as they are."""
+    match = _SELECT.match(sql)
+    if not match or re.search(r"\bGROUP\s+BY\b", sql, re.I):
+        return sql
+    distinct, select_list, rest = match.groups()
+    raw = [i.strip() for i in select_list.split(",")]
+    where = re.search(r"\bWHERE\s+(.*?)(?:\s+ORDER\b|\s+LIMIT\b|$)", rest, re.I | re.S)
+    compared = {m.lower().split(".")[-1] for m in re.findall(r"([\w.]+)\s*[<>=!]", where.group(1) if where else "")}
+    top = re.search(r"\bORDER\s+BY\s+([\w.]+)(?:\s+(?:ASC|DESC))?\s+LIMIT\b", rest, re.I)
+    compared |= {top.group(1).lower().split(".")[-1]} if top else set()
+    kept = [r for r, i in zip(raw, _items(select_list)) if "(" in i or i.split(".")[-1] not in compared]
+    if len(raw) < 2 or not kept or len(kept) == len(raw):
+        return sql
+    return f"SELECT {distinct or ''}{', '.join(kept)}{rest}"
 
 
 class Selector:

@@ -24,11 +24,11 @@ class ScriptedLLM:
         self.answers = list(answers)
         self.calls: list[dict] = []
 
-    async def generate(self, prompt, options=None, *, system=None, **overrides):
-        self.calls.append({"prompt": prompt, "system": system, **overrides})
+    async def generate(self, prompt, options=None, *, system=None, history=(), **overrides):
+        self.calls.append({"prompt": prompt, "system": system, "history": list(history), **overrides})
         text = self.answers.pop(0)
         assert accepts(overrides["grammar"], text), text  # the model could have written it
-        return Completion(text)
+        return Completion(text, mean_logprob=-0.1 * len(self.calls))
 
 
 def ctx(stage, db, outputs=None, llm=None, **fields):
@@ -59,7 +59,11 @@ def test_the_five_stages_answer_a_question_end_to_end(store, t2s_dbs):
     assert [c["origin"] for out in fanned for c in out["candidates"]] == ["greedy", "greedy-open", "sample", "sample-open"]
     assert [call["temperature"] for call in llm.calls] == [0.0, 0.0, 0.7, 0.7]
     assert llm.calls[0]["grammar"] != llm.calls[1]["grammar"]  # the question-shaped and the open grammar
-    assert "Question: " + QUESTION in llm.calls[0]["prompt"] and llm.calls[0]["prompt"].endswith("SQL:")
+    assert llm.calls[0]["prompt"].endswith("Question: " + QUESTION)
+    # The few-shot examples go as earlier chat turns, as the in-process SQLWriter sends them.
+    assert [t["role"] for t in llm.calls[0]["history"]] == ["user", "assistant"] * 3
+    assert all(t["content"].startswith("SELECT") for t in llm.calls[0]["history"][1::2])
+    assert [c["meanLogprob"] for out in fanned for c in out["candidates"]] == pytest.approx([-0.1, -0.2, -0.3, -0.4])
 
     one_call = ScriptedLLM([GOLD, GOLD, wrong, GOLD])
     whole = run(impl.generate_candidates, ctx("gen", store, {"link": linked}, one_call,
@@ -73,6 +77,7 @@ def test_the_five_stages_answer_a_question_end_to_end(store, t2s_dbs):
     revised = run(impl.revise, ctx("revise", store, {"exec": executed}, ScriptedLLM([])))
     assert revised["candidates"] == executed["candidates"]  # one runs: nothing to repair, no model call
 
+    assert [c["meanLogprob"] for c in executed["candidates"]] == pytest.approx([-0.1, -0.2, -0.3, -0.4])
     answer = run(impl.select_answer, ctx("select", store, {"revise": revised, "exec": executed}))
     assert answer["sql"] == GOLD and answer["votes"] == 3 and answer["candidates"] == 2
     assert sorted(answer["rows"]) == [[n] for n in sorted(
