@@ -284,7 +284,7 @@ def run(args: argparse.Namespace, engine=None) -> dict:
         pipe_ok += pipe_correct
         per_question.append({"db": item["db"], "question": item["question"], "singleShotSql": single.sql,
                              "singleShotCorrect": single_correct, "pipelineSql": answer.sql,
-                             "pipelineCorrect": pipe_correct})
+                             "pipelineCorrect": pipe_correct, "candidates": answer.candidate_sql})
     n = len(items)
     all_errors = errors["singleShot"] + errors["pipeline"]
     return {
@@ -293,8 +293,9 @@ def run(args: argparse.Namespace, engine=None) -> dict:
         "questions": n,
         "baseline": "single-shot: greedy, whole schema as CREATE TABLE, no examples, no grammar",
         "method": f"pipeline: lexical schema linking, {args.candidates} candidates constrained by an EBNF grammar "
-                  "over the linked schema (xgrammar), alternately narrowed to the clauses the question cues and open, "
-                  f"2 greedy and the rest sampled, with 3 few-shot examples, sandboxed execution, up to "
+                  "over the linked schema with rules from SQL and the schema (xgrammar), alternately narrowed to the "
+                  "clauses the question cues and open, 2 greedy and the rest sampled, with 3 few-shot examples as chat "
+                  "turns, sandboxed execution, up to "
                   f"{args.max_revisions} revisions, vote by execution result",
         "singleShotAccuracy": round(single_ok / n, 4),
         "pipelineAccuracy": round(pipe_ok / n, 4),

@@ -60,6 +60,7 @@ class QueryShape:
     order_by: bool  # ORDER BY ... LIMIT: sorting or "the highest/lowest ..."
     ops: tuple[str, ...]
     sort_any: bool = True  # False: only a superlative asks for order, so the key is a quantity
+    grounded: bool = False  # True: a query compares one of the stored values the question mentions, if any
 
     @classmethod
     def open(cls) -> "QueryShape":
@@ -79,7 +80,7 @@ class QueryShape:
         if set(ops) <= {"!="} or numbers > sum(cued.values()):
             ops.append("=")  # a number with no comparison word is compared for equality ("not" may be "= 0")
         sort = bool(_has(text, _CUES["ORDER"]))
-        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])), extreme or sort, tuple(ops), sort)
+        return cls(tuple(aggs), bool(_has(text, _CUES["GROUP"])), extreme or sort, tuple(ops), sort, grounded=True)
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,8 @@ def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str,
 
     eq = '("=" | "!=")' if "!=" in shape.ops else '"="'
     ops = _one_of(shape.ops)
-    conds = [f'{_one_of(_names([(t, c)], visible))} " "? {eq} " "? {_one_of([_quote(v)])}'
-             for t, c, v in spec.values if t in tables]
+    own_values = [(t, c, v) for t, c, v in spec.values if t in tables]
+    conds = [f'{_one_of(_names([(t, c)], visible))} " "? {eq} " "? {_one_of([_quote(v)])}' for t, c, v in own_values]
     text_cols = [p for p in visible if kinds[p] == "text"]
     if spec.strings and text_cols:
         strings = _one_of([_quote(v) for v in spec.strings])
@@ -198,8 +199,12 @@ def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str,
     if conds:
         rules.append(f"cond{i} ::= " + " | ".join(conds))
         # At most three conditions: a small model otherwise repeats one until it runs out of tokens.
-        rules.append(f'where{i} ::= " WHERE " cond{i} (and_or cond{i} (and_or cond{i})?)?')
-        where = f" where{i}?"
+        # A grounded query starts its WHERE with a stored value the question mentions ("by Bruno Novak").
+        first = f"value{i}" if shape.grounded and spec.values else f"cond{i}"
+        if first != f"cond{i}":
+            rules.append(f"{first} ::= " + " | ".join(conds[:len(own_values)]))
+        rules.append(f'where{i} ::= " WHERE " {first} (and_or cond{i} (and_or cond{i})?)?')
+        where = f" where{i}" + ("" if first != f"cond{i}" else "?")
     direction = '(" ASC" | " DESC")?'
     limit = f'(" LIMIT " {_one_of(sorted(set(spec.numbers) | {"1"}))})?'
     forms = []
@@ -236,6 +241,8 @@ def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str,
 def sql_grammar(spec: GrammarSpec) -> str:
     """The EBNF grammar (xgrammar syntax, root rule ``root``) of the SQL subset that ``spec`` allows."""
     clauses = spec.from_clauses()
+    if spec.shape.grounded and spec.values:  # only FROM clauses that hold a mentioned value's table
+        clauses = [c for c in clauses if {t for t, _, _ in spec.values} & set(c[0])]
     rules = [f'root ::= ({" | ".join(f"q{i}" for i in range(len(clauses)))}) ";"?',
              'comma ::= "," " "?', 'and_or ::= " AND " | " OR "']
     if spec.numbers:

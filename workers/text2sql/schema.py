@@ -184,7 +184,9 @@ class LinkedSchema:
                 if phrase:
                     strings += [" ".join(phrase)] + (phrase if len(phrase) > 1 else [])
                 phrase = []
+        # A word of a matched stored value ("Bruno" of "Bruno Novak") is that value, not a literal of its own.
         matched = {m.value for m in self.values}
+        matched_words = {w.lower() for m in self.values for w in words(m.value)}
         numbers = re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?!\w|\.\d)", question)
         if re.search(r"\b(?:not|never|no|without)\b|n't\b", question, re.I):
             numbers += ["0", "1"]  # a negated property is usually a 0/1 flag column
@@ -210,7 +212,9 @@ class LinkedSchema:
         numeric_mentioned = tuple(p for p in mentioned if dict(dict(tables)[p[0]])[p[1]] == "number")
         return GrammarSpec(
             tables, tuple(self.foreign_keys()), tuple((m.table, m.column, m.value) for m in self.values),
-            tuple(dict.fromkeys(s for s in strings if s not in matched)), tuple(dict.fromkeys(numbers)),
+            tuple(dict.fromkeys(s for s in strings
+                                if s not in matched and not {w.lower() for w in words(s)} <= matched_words)),
+            tuple(dict.fromkeys(numbers)),
             numeric_mentioned, tuple(dict.fromkeys(mentioned + labels)),
             QueryShape.of(question) if shaped else QueryShape.open(),
             tuple((t, c) for t, cols in tables for c, _ in cols if not plain(t, c)),
