@@ -52,8 +52,8 @@ def test_the_five_stages_answer_a_question_end_to_end(store, t2s_dbs):
     assert ["customers", "city", "Paris"] in linked["values"]
     json.dumps(linked)
 
-    wrong = "SELECT name FROM customers"  # forgets the filter
-    llm = ScriptedLLM([GOLD, GOLD, wrong, GOLD])
+    wrong = "SELECT name FROM customers"  # forgets the filter (only the open grammar lets it)
+    llm = ScriptedLLM([GOLD, wrong, GOLD, GOLD])
     fanned = [run(impl.generate_candidates, ctx("gen", store, {"link": linked}, llm, fan_index=i,
                                                 params={"fewshotDbDir": str(t2s_dbs)})) for i in range(4)]
     assert [c["origin"] for out in fanned for c in out["candidates"]] == ["greedy", "greedy-open", "sample", "sample-open"]
@@ -65,14 +65,14 @@ def test_the_five_stages_answer_a_question_end_to_end(store, t2s_dbs):
     assert all(t["content"].startswith("SELECT") for t in llm.calls[0]["history"][1::2])
     assert [c["meanLogprob"] for out in fanned for c in out["candidates"]] == pytest.approx([-0.1, -0.2, -0.3, -0.4])
 
-    one_call = ScriptedLLM([GOLD, GOLD, wrong, GOLD])
+    one_call = ScriptedLLM([GOLD, wrong, GOLD, GOLD])
     whole = run(impl.generate_candidates, ctx("gen", store, {"link": linked}, one_call,
                                                params={"fewshotDbDir": str(t2s_dbs), "candidates": 4}))
     assert whole["candidates"] == [c for out in fanned for c in out["candidates"]]
 
     executed = run(impl.execute_candidates, ctx("exec", store, {"gen": fanned}))
     assert [c["ok"] for c in executed["candidates"]] == [True, True, True, True]
-    assert len(executed["candidates"][2]["rows"]) == 30
+    assert len(executed["candidates"][1]["rows"]) == 30
 
     revised = run(impl.revise, ctx("revise", store, {"exec": executed}, ScriptedLLM([])))
     assert revised["candidates"] == executed["candidates"]  # one runs: nothing to repair, no model call

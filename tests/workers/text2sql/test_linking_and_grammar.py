@@ -166,3 +166,15 @@ def test_keys_repetition_and_ungrouped_aggregates_are_outside_the_grammar(t2s_db
     for shaped in (True, False):
         grammar = sql_grammar(linked.grammar_spec(question, shaped=shaped))
         assert accepts(grammar, allowed) and not accepts(grammar, refused)
+
+
+def test_the_shaped_grammar_compares_a_mentioned_stored_value_and_its_words_are_no_literals(t2s_dbs):
+    question = "List the order dates of orders placed by Bruno Novak."
+    linked = Schema.load(t2s_dbs / "store.sqlite").link(question)
+    shaped, open_ = sql_grammar(linked.grammar_spec(question)), sql_grammar(linked.grammar_spec(question, shaped=False))
+    joined = ("SELECT orders.order_date FROM orders JOIN customers ON orders.customer_id = customers.id "
+              "WHERE customers.name = 'Bruno Novak'")
+    assert accepts(shaped, joined) and accepts(open_, joined)
+    assert not accepts(shaped, "SELECT order_date FROM orders") and accepts(open_, "SELECT order_date FROM orders")
+    for grammar in (shaped, open_):
+        assert not accepts(grammar, "SELECT order_date FROM orders WHERE order_date = 'Bruno'")
