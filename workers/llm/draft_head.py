@@ -16,6 +16,7 @@ vocabulary subset; a request's own prompt tokens join the subset (SQL copies sch
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sys
 import threading
@@ -33,28 +34,78 @@ CACHE_DIR = Path(os.environ.get("TESSERA_CACHE_DIR", Path.home() / ".cache" / "t
 class DraftHeadTraining:
     """Everything that decides the trained head; its hash names the cached file."""
 
+    composed_schemas: int = 300  # Text-to-SQL schemas composed for training (training_prompts)
+    questions_per_schema: int = 16
+    composed_chat: int = 3600  # chat requests drawn from the topic x template bank
     max_new_tokens: int = 192  # length of each self-generated answer
-    answers_per_prompt: int = 3  # the greedy answer, then answers sampled at sample_temperature
+    answers_per_prompt: int = 2  # the greedy answer, then answers sampled at sample_temperature
     sample_temperature: float = 0.7
-    batch_size: int = 600  # answers generated together
-    inner_size: int = 1536  # width of the head's MLPs
-    blocks: int = 2  # residual MLP blocks
+    batch_size: int = 2048  # answers generated together
+    inner_size: int = 2048  # width of the head's MLPs
+    blocks: int = 3  # residual MLP blocks
     vocab_size: int = 8192  # most frequent generated tokens the head can draft (plus the prompt's)
     unroll: int = 4  # training steps fed on the head's own predictions
-    epochs: int = 10
-    train_batch: int = 2048
+    epochs: int = 6
+    train_batch: int = 4096
     learning_rate: float = 2e-3
     seed: int = 0
 
     def digest(self, model_name: str) -> str:
-        text = repr((model_name, sorted(asdict(self).items()), _prompts_fingerprint()))
+        text = repr((model_name, sorted(asdict(self).items()), _prompts_fingerprint(self)))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _prompts_fingerprint() -> str:
-    from tessera.workers.llm.prompts import training_prompts
+def _prompts_fingerprint(training: "DraftHeadTraining") -> str:
+    return hashlib.sha256(repr(training_prompts(training)).encode()).hexdigest()[:12]
 
-    return hashlib.sha256(repr(training_prompts()).encode()).hexdigest()[:12]
+
+def training_prompts(training: "DraftHeadTraining") -> list[list[dict]]:
+    """The prompts the target answers for training: ``prompts.training_prompts()`` plus
+    ``composed_schemas`` Text-to-SQL schemas composed from ``data/draft_head_prompts.json``'s
+    entities (``questions_per_schema`` questions each, joins included) and ``composed_chat``
+    chat requests over its topics and templates; deterministic (``seed``)."""
+    import json
+    import random
+
+    from tessera.workers.llm import prompts
+
+    bank = json.loads((SHIPPED_DIR / "draft_head_prompts.json").read_text())
+    rng = random.Random(training.seed)
+    entities = bank["entities"]
+    sql = []
+    for _ in range(training.composed_schemas):
+        names = rng.sample(sorted(entities), rng.randint(2, 4))
+        plural = rng.random() < 0.5
+        capitalized = rng.random() < 0.3
+        tables = {}  # table -> (singular, key, text columns, numeric columns, all columns)
+        for position, name in enumerate(names):
+            entity = entities[name]
+            text = rng.sample(entity["text"], rng.randint(1, len(entity["text"])))
+            numeric = rng.sample(entity["num"], rng.randint(1, len(entity["num"])))
+            key = f"{name}_id"
+            links = [tables[t][1] for t in list(tables)[:1]] if position else []
+            columns = [key, *text, *numeric, *rng.sample(entity["date"], min(1, len(entity["date"]))), *links]
+            table = entity["plural"] if plural else name
+            if capitalized:
+                table, key = table.capitalize(), key.title()
+                columns = [c.title() for c in columns]
+                text, numeric = [c.title() for c in text], [c.title() for c in numeric]
+            tables[table] = (name.replace("_", " "), key, text, numeric, columns)
+        schema = prompts.describe_schema({t: v[4] for t, v in tables.items()})
+        for _ in range(training.questions_per_schema):
+            table, other = rng.sample(list(tables), 2)
+            singular, _key, text, numeric, _columns = tables[table]
+            template = rng.choice(bank["sql_templates"])
+            question = template.format(
+                table=table.replace("_", " ").lower(), col=rng.choice(text).lower(), col2=rng.choice(text).lower(),
+                num=rng.choice(numeric).lower(), other=other.replace("_", " ").lower(), other_one=tables[other][0],
+                other_col=rng.choice(tables[other][2]).lower())
+            sql.append(prompts.sql_messages(schema, question))
+    chat_pairs = [(topic, t) for topic in bank["chat_topics"] for t in bank["chat_templates"]]
+    chat = [prompts.chat_messages(t.format(topic=topic))
+            for topic, t in rng.sample(chat_pairs, min(training.composed_chat, len(chat_pairs)))]
+    composed = [m for pair in itertools.zip_longest(sql, chat) for m in pair if m is not None]
+    return prompts.training_prompts() + composed
 
 
 def _head_module(hidden: int, inner: int, blocks: int):
@@ -120,12 +171,13 @@ class DraftHeadSession:
         head, embedding = self.drafter.head, self.drafter.embedding
         proposal: list[int] = []
         token = ids[-1]
+        reach = 1.0  # the head's own estimate that the target keeps every token drafted so far
         with torch.inference_mode():
             for _ in range(k):
                 feature = head(feature, embedding[token])
-                probs = torch.softmax(self.out_weight @ feature, dim=-1)
-                top_p, index = torch.max(probs, dim=-1)
-                if float(top_p) < threshold:
+                top_p, index = torch.max(torch.softmax(self.out_weight @ feature, dim=-1), dim=-1)
+                reach *= float(top_p)
+                if reach < threshold:
                     break
                 token = int(self.vocab[index])
                 proposal.append(token)
@@ -183,10 +235,8 @@ def self_generate(engine: Target, training: DraftHeadTraining):
     import torch
     from tqdm import tqdm
 
-    from tessera.workers.llm.prompts import training_prompts
-
     model, tokenizer, device = engine.model, engine.tokenizer, engine.device
-    prompts = [engine.encode(engine.chat_prompt(m)) for m in training_prompts()]
+    prompts = [engine.encode(engine.chat_prompt(m)) for m in training_prompts(training)]
     rows_ids = [p for p in prompts for _ in range(training.answers_per_prompt)]
     sampled = torch.tensor([k > 0 for _ in prompts for k in range(training.answers_per_prompt)], device=device)
     steps, n = training.max_new_tokens, len(rows_ids)
@@ -265,6 +315,8 @@ def train_draft_head(engine: Target, training: DraftHeadTraining, out: Path, ans
     total_steps = training.epochs * ((len(rows) + batch - 1) // batch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, training.learning_rate, total_steps=total_steps)
     generator = torch.Generator(device=device).manual_seed(training.seed)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # the head's matmuls only (the target generated in fp32 above)
     with tqdm(total=total_steps, desc=f"draft head: training on {len(rows)} positions", file=sys.stderr) as bar:
         for _epoch in range(training.epochs):
             order = torch.randperm(len(rows), generator=generator, device=device)
@@ -286,6 +338,7 @@ def train_draft_head(engine: Target, training: DraftHeadTraining, out: Path, ans
                 scheduler.step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss) / unroll:.3f}", top1=f"{float(hits):.3f}")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half().cpu() for k, v in head.state_dict().items()}
     torch.save({"state": state, "vocab": vocab.int().cpu(), "hidden_size": hidden, "inner_size": training.inner_size,

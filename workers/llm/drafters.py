@@ -4,8 +4,9 @@ A ``Drafter`` holds what requests share (weights); ``drafter.start(prompt_ids)``
 per-request ``DraftSession`` holding that request's state (a KV cache, an n-gram index).
 ``session.propose(ids, feature, k, threshold)`` returns up to ``k`` tokens that might follow
 ``ids``; ``feature`` is the target's last hidden state at the position that chose ``ids[-1]``
-(what a trained draft head reads). Drafts that report probabilities stop at the first token
-whose top probability is below ``threshold`` (BiLD-style fallback to the target).
+(what a trained draft head reads). Drafts that report probabilities stop once the product of
+their top probabilities so far (their own estimate that the target keeps the whole draft, as
+EAGLE-2 ranks draft paths) falls below ``threshold``; the target decides that position itself.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class ModelDraftSession:
         self.cached_ids = ids[:common]
         new = ids[common:]
         proposal: list[int] = []
+        reach = 1.0
         model = self.drafter.model
         with torch.inference_mode():
             for _ in range(k):
@@ -108,7 +110,8 @@ class ModelDraftSession:
                 probs = torch.softmax(model.lm_head(hidden[0, -1:])[0].float(), dim=-1)
                 self.cached_ids += new
                 top_p, token = torch.max(probs, dim=-1)
-                if float(top_p) < threshold:
+                reach *= float(top_p)
+                if reach < threshold:
                     break
                 proposal.append(int(token))
                 new = [int(token)]

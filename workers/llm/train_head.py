@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from tessera.workers.llm.draft_head import (
@@ -29,12 +28,12 @@ from tessera.workers.llm.prompts import benchmark_prompts
 from tessera.workers.llm.specdec import SpecDecConfig
 
 
-def evaluate(engine: LLMEngine, head: Path, max_new_tokens: int = 96) -> dict:
-    """Decode the benchmark prompts with the head (4 drafted tokens a step, no cut-off)."""
+def evaluate(engine: LLMEngine, head: Path, prompt_count: int, max_new_tokens: int = 96) -> dict:
+    """Decode the first ``prompt_count`` benchmark prompts with the head (4 drafted tokens a step, no cut-off)."""
     config = SpecDecConfig(method="draft_head", draft_head_path=str(head), adaptive=False, max_draft_tokens=4,
                            confidence_threshold=0.0)
     drafted = accepted = decoded = steps = identical = 0
-    prompts = [engine.chat_prompt(p["messages"]) for p in benchmark_prompts()]
+    prompts = [engine.chat_prompt(p["messages"]) for p in benchmark_prompts()[:prompt_count]]
     for prompt in prompts:
         plain = engine.generate(prompt, max_new_tokens=max_new_tokens)
         result = engine.generate(prompt, max_new_tokens=max_new_tokens, speculative=config)
@@ -56,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", type=json.loads, default=[],
                         help='a JSON object of DraftHeadTraining fields that differ from the defaults, e.g. '
                              '\'{"blocks": 3}\' (repeatable; default: one head with the defaults)')
+    parser.add_argument("--eval-prompts", type=int, default=32,
+                        help="how many held-out benchmark prompts each head decodes afterwards (0: none)")
     args = parser.parse_args(argv)
     engine = LLMEngine.load(args.model or default_gguf_path(), device=args.device, name=args.name)
     variants = [DraftHeadTraining(**v) for v in args.variant] or [DraftHeadTraining()]
@@ -66,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if generation != answered_by:
             answers, answered_by = self_generate(engine, training), generation
         head = train_draft_head(engine, training, args.out_dir / head_file_name(engine, training), answers)
-        figures = evaluate(engine, head)
+        figures = evaluate(engine, head, args.eval_prompts) if args.eval_prompts else {"head": head.name}
         print(json.dumps({**figures, "training": dataclasses.asdict(training)}), flush=True)
-        print(figures, file=sys.stderr)
     return 0
 
 

@@ -173,3 +173,21 @@ def test_ngram_lookup_proposes_what_followed_the_latest_match():
     assert session.propose(ids, None, 2, 0.0) == [3, 4]  # latest "6 7" is followed by 3 4
     assert session.propose(ids + [3], None, 5, 0.0) == [4, 6, 7, 3]  # "6 7 3" matched, up to the end
     assert session.propose([1, 2, 3], None, 3, 0.0) == []
+
+
+def test_draft_head_training_prompts_are_deterministic_and_leave_the_benchmark_out():
+    from tessera.workers.llm.draft_head import DraftHeadTraining, training_prompts
+    from tessera.workers.llm.prompts import benchmark_prompts
+
+    training = DraftHeadTraining(composed_schemas=20, composed_chat=50)
+    prompts = training_prompts(training)
+    assert prompts == training_prompts(training)
+    texts = {m[-1]["content"] for m in prompts}
+    held_out = benchmark_prompts()
+    assert not texts & {p["messages"][-1]["content"] for p in held_out}
+    # No table of the benchmark's schemas, with its columns, is in a training schema.
+    benchmark_tables = {line for p in held_out if p["kind"] == "sql"
+                        for line in p["messages"][-1]["content"].splitlines()[1:-1]}
+    training_tables = {line.lower() for text in texts if text.startswith("Tables:")
+                       for line in text.splitlines()[1:-1]}
+    assert benchmark_tables and training_tables and not benchmark_tables & training_tables
