@@ -207,32 +207,39 @@ def _query_rules(spec: GrammarSpec, i: int, tables: list[str], from_clause: str,
         where = f" where{i}" + ("" if first != f"cond{i}" else "?")
     direction = '(" ASC" | " DESC")?'
     limit = f'(" LIMIT " {_one_of(sorted(set(spec.numbers) | {"1"}))})?'
-    forms = []
-    # A question that asks for a count, sum or average of everything (no "each") returns aggregates only.
-    if not (aggs and not shape.group_by and set(shape.aggregates) & {"COUNT", "SUM", "AVG"}):
-        order = ""
-        if shape.order_by:
-            # "the most expensive", "the highest score": a superlative orders by a quantity, and takes
-            # the top one or as many as the question says; a question with a superlative and no sorting
-            # word that returns columns (not MIN/MAX) must order. Keys are never the order.
-            sortable = [p for p in visible if p not in spec.keys] if shape.sort_any else measures
-            if sortable:
-                optional = "?" if shape.sort_any else ""
-                order = f' (" ORDER BY " {_one_of(_names(sortable, visible))} {direction} {limit}){optional}'
-        items = [f"s{i}_{k}" for k in range(len(selectable))]
-        forms.append(f'"SELECT " ("DISTINCT ")? {_distinct_pair(items)} " FROM " {from_clause}{where}{order}')
-    if aggs:
-        forms.append(f'"SELECT " agg{i} " FROM " {from_clause}{where}')
+    grouped = []
     if aggs and shape.group_by:
         having = f' (" HAVING " agg{i} " "? {ops} " "? number)?' if spec.numbers else ""
         order = f' (" ORDER BY " agg{i} {direction} {limit})?' if shape.order_by else ""
         for k, p in enumerate(selectable):
             if p in groupable:
-                forms.append(f'"SELECT " s{i}_{k} comma agg{i} " FROM " {from_clause}{where} " GROUP BY " s{i}_{k}'
-                             f'{having}{order}')
+                grouped.append(f'"SELECT " s{i}_{k} comma agg{i} " FROM " {from_clause}{where} " GROUP BY " s{i}_{k}'
+                               f'{having}{order}')
                 if shape.order_by:  # "which label has the most albums": grouped, ordered by the aggregate
-                    forms.append(f'"SELECT " s{i}_{k} " FROM " {from_clause}{where} " GROUP BY " s{i}_{k}'
-                                 f' " ORDER BY " agg{i} {direction} {limit}')
+                    grouped.append(f'"SELECT " s{i}_{k} " FROM " {from_clause}{where} " GROUP BY " s{i}_{k}'
+                                   f' " ORDER BY " agg{i} {direction} {limit}')
+    asks_total = bool(aggs and set(shape.aggregates) & {"COUNT", "SUM", "AVG"})
+    # A count, sum or average "in each ..." (with no superlative) is grouped, where a grouping exists;
+    # one of everything (no "each") returns aggregates only.
+    if asks_total and shape.group_by and not shape.order_by and grouped:
+        forms = grouped
+    else:
+        forms = []
+        if not (asks_total and not shape.group_by):
+            order = ""
+            if shape.order_by:
+                # "the most expensive", "the highest score": a superlative orders by a quantity, and takes
+                # the top one or as many as the question says; a question with a superlative and no sorting
+                # word that returns columns (not MIN/MAX) must order. Keys are never the order.
+                sortable = [p for p in visible if p not in spec.keys] if shape.sort_any else measures
+                if sortable:
+                    optional = "?" if shape.sort_any else ""
+                    order = f' (" ORDER BY " {_one_of(_names(sortable, visible))} {direction} {limit}){optional}'
+            items = [f"s{i}_{k}" for k in range(len(selectable))]
+            forms.append(f'"SELECT " ("DISTINCT ")? {_distinct_pair(items)} " FROM " {from_clause}{where}{order}')
+        if aggs:
+            forms.append(f'"SELECT " agg{i} " FROM " {from_clause}{where}')
+        forms += grouped
     rules.insert(0, f"q{i} ::= " + " | ".join(f"({f})" for f in forms))
     return rules
 
