@@ -178,3 +178,12 @@ def test_the_shaped_grammar_compares_a_mentioned_stored_value_and_its_words_are_
     assert not accepts(shaped, "SELECT order_date FROM orders") and accepts(open_, "SELECT order_date FROM orders")
     for grammar in (shaped, open_):
         assert not accepts(grammar, "SELECT order_date FROM orders WHERE order_date = 'Bruno'")
+
+
+def test_the_shaped_grammar_groups_a_count_in_each_and_the_open_one_need_not(t2s_dbs):
+    question = "How many teachers work in each department?"
+    linked = Schema.load(t2s_dbs / "school.sqlite").link(question)
+    shaped, open_ = sql_grammar(linked.grammar_spec(question)), sql_grammar(linked.grammar_spec(question, shaped=False))
+    for ungrouped in ("SELECT name, department FROM teachers", "SELECT COUNT(*) FROM teachers"):
+        assert not accepts(shaped, ungrouped) and accepts(open_, ungrouped)
+    assert accepts(shaped, "SELECT department, COUNT(*) FROM teachers GROUP BY department")
