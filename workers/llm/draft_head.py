@@ -5,10 +5,10 @@ head reads) and the embedding of the token chosen there, and predicts the hidden
 the target's own (tied) LM head, restricted to a vocabulary subset, turns that into the next
 token. Fed its own prediction, it drafts several tokens, one small MLP step each.
 
-Training is self-distillation: the target writes greedy answers to ``training_prompts()``
-(disjoint from the benchmark's prompts); the head learns, unrolled over ``UNROLL`` steps on its
-own predictions, to reproduce the target's hidden states and greedy tokens. Deterministic and
-a few minutes on 2 CPU cores; the result is cached under ``~/.cache/tessera/draft_heads``.
+Training is self-distillation: the target answers ``training_prompts()`` (disjoint from the
+benchmark's prompts); the head learns, unrolled over ``unroll`` steps on its own predictions, to
+reproduce the target's hidden states and greedy tokens. Deterministic; minutes on one GPU, hours
+on 2 CPU cores; a head trained at first use is cached under ``~/.cache/tessera/draft_heads``.
 The output layer is the target's embedding matrix, so the file holds only the MLP (fp16) and the
 vocabulary subset; a request's own prompt tokens join the subset (SQL copies schema names).
 """
@@ -41,8 +41,8 @@ class DraftHeadTraining:
     answers_per_prompt: int = 2  # the greedy answer, then answers sampled at sample_temperature
     sample_temperature: float = 0.7
     batch_size: int = 2048  # answers generated together
-    inner_size: int = 2048  # width of the head's MLPs
-    blocks: int = 3  # residual MLP blocks
+    inner_size: int = 1536  # width of the head's MLPs
+    blocks: int = 2  # residual MLP blocks
     vocab_size: int = 8192  # most frequent generated tokens the head can draft (plus the prompt's)
     unroll: int = 4  # training steps fed on the head's own predictions
     epochs: int = 6

@@ -6,8 +6,9 @@ at its position, computed from the target's logits on exactly the accepted prefi
 KV cache is cropped back to the accepted prefix after every step).
 
 The number of drafted tokens adapts to the running acceptance rate and to the measured cost of
-drafting and of verifying n tokens; drafting also stops early (BiLD-style) once the draft's top
-probability falls below ``confidence_threshold``.
+drafting and of verifying n tokens; a draft that reports probabilities also stops early once the
+product of its top probabilities so far (its estimate that the target keeps the whole draft, as
+EAGLE-2 scores draft paths) falls below ``confidence_threshold``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class SpecDecConfig(BaseModel):
     max_draft_tokens: int = Field(8, ge=1, le=32, description="upper bound of the adaptive draft length")
     adaptive: bool = Field(True, description="adapt the draft length to the running acceptance rate")
     confidence_threshold: float = Field(
-        0.2, ge=0.0, le=1.0,
-        description="BiLD fallback: stop drafting once the draft's top probability is below this",
+        0.1, ge=0.0, le=1.0,
+        description="stop drafting once the product of the draft's top probabilities so far is below this",
     )
     ngram_max: int = Field(4, ge=1, le=16, description="longest suffix n-gram looked up in the context")
     ngram_min: int = Field(2, ge=1, le=16, description="shortest suffix n-gram accepted as a match")
