@@ -191,3 +191,19 @@ def test_draft_head_training_prompts_are_deterministic_and_leave_the_benchmark_o
     training_tables = {line.lower() for text in texts if text.startswith("Tables:")
                        for line in text.splitlines()[1:-1]}
     assert benchmark_tables and training_tables and not benchmark_tables & training_tables
+
+
+@pytest.mark.model
+def test_draft_head_stops_where_its_path_probability_falls_below_the_threshold(llm_engine, sql_and_chat_prompts):
+    from tessera.workers.llm.draft_head import load_draft_head
+
+    ids = llm_engine.encode(sql_and_chat_prompts[0])
+    _logits, hidden = llm_engine.forward(ids, llm_engine.new_cache())
+    session = load_draft_head(llm_engine).start(ids)
+    drafts = {t: session.propose(ids, hidden[-1], 8, t) for t in (0.0, 0.05, 0.3, 0.9)}
+    assert len(drafts[0.0]) == 8
+    # The same greedy path each time, cut earlier as the threshold rises.
+    for low, high in ((0.0, 0.05), (0.05, 0.3), (0.3, 0.9)):
+        assert drafts[high] == drafts[low][: len(drafts[high])]
+        assert len(drafts[high]) <= len(drafts[low])
+    assert len(drafts[0.9]) < 8
