@@ -44,6 +44,9 @@ from tessera.workers.llm.steps import GenerationResult, LLMRequestError, TokenSt
 DEFAULT_MAX_BATCH = 16
 PREFILL_TOKENS = 2048  # prompt tokens one packed prefill forward takes at most (its mask is this squared)
 CACHE_ROOM = 64  # cache columns allocated ahead of the widest row
+# Whitespace characters a JSON answer may put between two elements: room for indented nesting, but a
+# small model cannot fill its token budget with tabs inside an object that never closes.
+JSON_MAX_WHITESPACE = 16
 
 
 # ---------------------------------------------------------------------------- admission
@@ -417,7 +420,8 @@ class BatchingEngine:
             if options.grammar is not None:
                 compiled = compiler.compile_grammar(options.grammar)
             else:
-                compiled = compiler.compile_json_schema(json.dumps(options.json_schema))
+                compiled = compiler.compile_json_schema(json.dumps(options.json_schema),
+                                                        max_whitespace_cnt=JSON_MAX_WHITESPACE)
         except Exception as error:  # xgrammar reports syntax errors as RuntimeError/ValueError
             name = "grammar" if options.grammar is not None else "json_schema"
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

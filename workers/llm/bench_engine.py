@@ -268,6 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engine = LLMEngine.load_default(threads=args.threads)
     batching = BatchingEngine(engine, max_batch_size=max(LEVELS))
     n = args.max_tokens
+    _batched(batching, _prompts(engine, 2), max_tokens=2, speculative=False)  # first forwards set up kernels
     new, baseline = {}, {}
     with tqdm(total=2 * len(LEVELS) + 5, desc="engine bench", file=sys.stderr) as bar:
         for level in LEVELS:

@@ -45,7 +45,7 @@ def batching(llm_engine):
 @pytest.mark.model
 def test_every_request_of_a_concurrent_batch_equals_plain_greedy_decoding(llm_engine, batching,
                                                                           sql_and_chat_prompts):
-    prompts = [*sql_and_chat_prompts, sql_and_chat_prompts[0] + "SELECT"]  # 3 prompt lengths
+    prompts = [*sql_and_chat_prompts, sql_and_chat_prompts[0] + "SELECT"]  # 3 prompt lengths, 1 shared prefix
     lengths = [12, 20, 6]  # rows leave the batch at different steps
     with batching._wake:  # the scheduler admits all three at once: one packed prefill
         requests = [batching.submit(p, max_tokens=n) for p, n in zip(prompts, lengths)]
@@ -55,6 +55,8 @@ def test_every_request_of_a_concurrent_batch_equals_plain_greedy_decoding(llm_en
         assert result.token_ids == plain.token_ids
         assert result.text == plain.text
     assert [r.stats["prefill_group"] for r in results] == [3, 3, 3]
+    stats = results[0].stats  # the third prompt extends the first: its prefix was computed once
+    assert stats["prefill_tokens"] <= stats["prefill_prompt_tokens"] - len(llm_engine.encode(prompts[0]))
     assert max(max(r.stats["batch_sizes"]) for r in results) == 3  # they really shared steps
 
 
