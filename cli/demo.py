@@ -33,7 +33,7 @@ WORKFLOW_FILES = {"text2sql": "text2sql.yaml", "rag-assistant": "rag.yaml", "cha
 # ask for the same work and differ only in where the policy puts them in the queues.
 TRAFFIC_CLASSES = ((0, 4.0), (1, 2.0), (2, 1.0))
 BASELINE_POLICY = "wb-fcfs"
-DEFAULT_REQUESTS = 9
+DEFAULT_REQUESTS = 6
 RAG_QUESTIONS = (
     "What does the operator write for each workflow?", "How does Tessera split a deadline across stages?",
     "Which command loads documents into a collection?", "What does the planner optimise?",
