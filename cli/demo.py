@@ -45,6 +45,14 @@ CHAT_PROMPTS = (
 )
 
 
+_STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    """A progress line on stderr, with the seconds since the demo started."""
+    print(f"[{time.monotonic() - _STARTED:4.0f} s] {message}", file=sys.stderr, flush=True)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
@@ -217,14 +225,15 @@ def run_workflow(workflow, plan, classes, args) -> dict:
     policies = [("urgency", workflow.spec.serve.policy)] + ([] if args.no_baseline else [("fcfs", BASELINE_POLICY)])
     result: dict = {"sloLatencyMs": workflow.spec.slo.latency_ms}
     *models, _runtime = workflow_applications(workflow, plan, classes, policies[0][1])
-    print(f"  {name}: loading its model deployments", file=sys.stderr)
+    say(f"{name}: loading its model deployments")
     serve_applications(models, http=args.keep_running)
     for label, policy in policies:
-        print(f"  {name}: serving with {policy}", file=sys.stderr)
+        say(f"{name}: serving with {policy}")
         last = label == policies[-1][0]
         runtime = workflow_applications(workflow, plan, classes, policy)[-1]
         handle = serve_applications([runtime], http=args.keep_running and last)
         if bodies is None:  # both policies get the same burst, its deadlines from each input alone
+            say(f"{name}: timing each input alone (this also warms the runtime up)")
             # These calls also warm the runtime up; the first one's first-call costs only loosen the deadlines.
             result["aloneMs"] = [alone_ms(handle, value) for value in inputs]
             result["deadlineUnitMs"] = deadline_unit_ms(workflow, result["aloneMs"])
@@ -296,25 +305,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.requests < 3 or args.requests % 3:
         raise UserError(f"--requests: must be a multiple of 3 (each input once per priority), got {args.requests}")
-    started = time.monotonic()
+    global _STARTED
+    started = _STARTED = time.monotonic()
     names = args.workflow or list(WORKFLOW_FILES)
-    print(f"[1/4] planning {', '.join(names)} for the heterogeneous inventory", file=sys.stderr)
+    say(f"1/4 planning {', '.join(names)} for the heterogeneous inventory")
     planned = {name: plan_example(EXAMPLES / "workflows" / WORKFLOW_FILES[name], args.inventory) for name in names}
     if args.output == "table":
         for name, (workflow, plan, _classes) in planned.items():
             print(render_table(name, workflow, plan))
-    print("[2/4] preparing the examples' data (databases, the RAG collection)", file=sys.stderr)
+    say("2/4 preparing the examples' data (databases, the RAG collection)")
     for workflow, _plan, _classes in planned.values():
         prepare_data(workflow)
     metrics_url = start_metrics(args.metrics_port)
     start_ray({stage.hardware_class for _w, plan, _c in planned.values() for stage in plan.stages.values()})
     try:
-        print("[3/4] serving each workflow as the operator deploys it; a burst under urgency, then FCFS",
-              file=sys.stderr)
+        say("3/4 serving each workflow as the operator deploys it; a burst under urgency, then FCFS")
         results = {"workflows": {name: run_workflow(*planned[name], args) for name in names}}
         results.update(metric_figures())
         results["demoSeconds"] = time.monotonic() - started
-        print("[4/4] results", file=sys.stderr)
+        say("4/4 results")
         print(json.dumps(results) if args.output == "json" else render_report(results, metrics_url))
         if args.keep_running:
             print(f"serving http://127.0.0.1:8000/{names[-1]} (POST {{\"input\": ...}}); Ctrl-C stops", file=sys.stderr)

@@ -23,7 +23,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def llm_engine():
-    """SmolLM2-135M-Instruct loaded once per session (about 18 s on 2 cores)."""
+    """SmolLM2-135M-Instruct loaded once per session (about 18 s on 2 cores the first time on a machine,
+    under a second once its converted checkpoint is cached: docs/engine.md)."""
     from tessera.workers.llm.engine import LLMEngine
 
     return LLMEngine.load_default()
