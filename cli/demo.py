@@ -33,7 +33,7 @@ WORKFLOW_FILES = {"text2sql": "text2sql.yaml", "rag-assistant": "rag.yaml", "cha
 # ask for the same work and differ only in where the policy puts them in the queues.
 TRAFFIC_CLASSES = ((0, 4.0), (1, 2.0), (2, 1.0))
 BASELINE_POLICY = "wb-fcfs"
-DEFAULT_REQUESTS = 6
+DEFAULT_REQUESTS = 9
 RAG_QUESTIONS = (
     "What does the operator write for each workflow?", "How does Tessera split a deadline across stages?",
     "Which command loads documents into a collection?", "What does the planner optimise?",
@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT",
                         help="where the demo serves its Prometheus metrics (default 9091; 0: off)")
     parser.add_argument("--keep-running", action="store_true",
-                        help="leave the last workflow serving (HTTP on 127.0.0.1:8000/<workflow>) until Ctrl-C")
+                        help="leave the workflows serving (HTTP on 127.0.0.1:8000/<workflow>, FCFS unless "
+                             "--no-baseline) until Ctrl-C")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table",
                         help="table for people (default) or one JSON object with the figures")
     parser.set_defaults(handler=run)
@@ -168,6 +169,9 @@ def start_ray(class_names: set[str]) -> None:
     # A replica busy decoding on a 2-core machine answers the router's queue-length probe late; Serve's 0.1 s
     # default then warns on every burst, though the request is only routed a moment later.
     os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0")
+    # Each stage replica here is a process asking a tenth of a CPU: a workflow starts about ten of them at once,
+    # while the last one's go down. Ray's default lets one start per core and warns past 4x that.
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
     # Always a Ray of this machine's own (each planned class is a local resource), whatever RAY_ADDRESS says.
     ray.init(address="local", num_cpus=os.cpu_count() or 2, resources=local_class_resources(sorted(class_names)),
              include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -228,10 +232,10 @@ def run_workflow(workflow, plan, classes, args) -> dict:
     say(f"{name}: loading its model deployments")
     serve_applications(models, http=args.keep_running)
     for label, policy in policies:
+        # A change of policy updates the runtime in place, as Serve applies a rewritten serveConfigV2.
         say(f"{name}: serving with {policy}")
-        last = label == policies[-1][0]
         runtime = workflow_applications(workflow, plan, classes, policy)[-1]
-        handle = serve_applications([runtime], http=args.keep_running and last)
+        handle = serve_applications([runtime], http=args.keep_running)
         if bodies is None:  # both policies get the same burst, its deadlines from each input alone
             say(f"{name}: timing each input alone (this also warms the runtime up)")
             # These calls also warm the runtime up; the first one's first-call costs only loosen the deadlines.
@@ -247,11 +251,10 @@ def run_workflow(workflow, plan, classes, args) -> dict:
         if database:
             questions = [q for q in dev_questions(database, len(inputs)) for _class in TRAFFIC_CLASSES]
             result[label]["executionAccuracy"] = accuracy(records, questions, database)
-        if not (args.keep_running and last):
-            serve.delete(runtime["name"])
     if not args.keep_running:
-        for application in models:
-            serve.delete(application["name"])
+        # The next workflow loads while these go down (a delete only stops actors; nothing waits on it).
+        for application in (runtime, *models):
+            serve.delete(application["name"], _blocking=False)
     result["checks"] = checks(result)
     return result
 
@@ -317,22 +320,26 @@ def run(args: argparse.Namespace) -> int:
     for workflow, _plan, _classes in planned.values():
         prepare_data(workflow)
     metrics_url = start_metrics(args.metrics_port)
-    start_ray({stage.hardware_class for _w, plan, _c in planned.values() for stage in plan.stages.values()})
+    report, sys.stdout = sys.stdout, sys.stderr  # Ray prints its raylet's notices to stdout: only the report goes there
     try:
+        start_ray({stage.hardware_class for _w, plan, _c in planned.values() for stage in plan.stages.values()})
         say("3/4 serving each workflow as the operator deploys it; a burst under urgency, then FCFS")
         results = {"workflows": {name: run_workflow(*planned[name], args) for name in names}}
         results.update(metric_figures())
         results["demoSeconds"] = time.monotonic() - started
         say("4/4 results")
-        print(json.dumps(results) if args.output == "json" else render_report(results, metrics_url))
+        print(json.dumps(results) if args.output == "json" else render_report(results, metrics_url), file=report,
+              flush=True)
         if args.keep_running:
-            print(f"serving http://127.0.0.1:8000/{names[-1]} (POST {{\"input\": ...}}); Ctrl-C stops", file=sys.stderr)
+            routes = ", ".join(f"http://127.0.0.1:8000/{name}" for name in names)
+            print(f"serving {routes} (POST {{\"input\": ...}}); Ctrl-C stops", file=sys.stderr)
             while True:
                 time.sleep(3600)
     finally:
         import ray
 
         ray.shutdown()  # without serve.shutdown(): its controller kill only prints retry noise
+        sys.stdout = report
     return 0
 
 
