@@ -47,6 +47,10 @@ CACHE_ROOM = 64  # cache columns allocated ahead of the widest row
 # Whitespace characters a JSON answer may put between two elements: room for indented nesting, but a
 # small model cannot fill its token budget with tabs inside an object that never closes.
 JSON_MAX_WHITESPACE = 16
+# How long an idle engine waits after a request arrives for others to prefill with it: a burst's requests
+# arrive a few milliseconds apart, and one packed prefill computes their shared prefix once (as Ray Serve's
+# ``@serve.batch`` waits ``batch_wait_timeout_s``, 0.01 s by default). A running batch admits at its next step.
+ADMISSION_WINDOW_S = 0.01
 
 
 # ---------------------------------------------------------------------------- admission
@@ -333,13 +337,17 @@ class BatchingEngine:
     """Serves many requests at once on one model (see the module docstring)."""
 
     def __init__(self, engine: LLMEngine, max_batch_size: int = DEFAULT_MAX_BATCH,
-                 speculative: SpecDecConfig | None = None, share_prefixes: bool = True):
+                 speculative: SpecDecConfig | None = None, share_prefixes: bool = True,
+                 admission_window_s: float = ADMISSION_WINDOW_S):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be at least 1, got {max_batch_size}")
+        if admission_window_s < 0:
+            raise ValueError(f"admission_window_s: must be at least 0, got {admission_window_s}")
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.speculative = speculative
         self.share_prefixes = share_prefixes  # prompts prefilled together compute a shared prefix once
+        self.admission_window_s = admission_window_s
         self._waiting = AdmissionQueue()
         self._batch = _Batch(engine)
         self._wake = threading.Condition()
@@ -438,7 +446,15 @@ class BatchingEngine:
                     self._wake.wait()
                 if self._stopped:
                     break
-                for request in self._waiting.pop(self.max_batch_size - len(self._batch) - len(pending)):
+                free = self.max_batch_size - len(self._batch) - len(pending)
+                if not len(self._batch) and not pending:  # idle: let the rest of a burst arrive
+                    window_ends = time.perf_counter() + self.admission_window_s
+                    while not self._stopped and len(self._waiting) < free:
+                        left = window_ends - time.perf_counter()
+                        if left <= 0:
+                            break
+                        self._wake.wait(left)
+                for request in self._waiting.pop(free):
                     request.admitted = time.perf_counter()
                     pending.append(request)
             group = _prefill_group(pending)

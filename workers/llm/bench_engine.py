@@ -110,18 +110,20 @@ def _prefill_tokens(engine, prompts: list[str]) -> dict[str, int]:
     return {"prompt": sum(map(len, ids)), "computed": int(_packing(ids)[0].shape[1])}
 
 
-def _speculative(engine, batching, count: int, max_tokens: int) -> dict[str, Any]:
+def _speculative(engine, count: int, max_tokens: int) -> dict[str, Any]:
     """One request at a time, ``2 * max_tokens`` each: the speculative step against plain decoding."""
     from tessera.workers.llm.batching import BatchingEngine
     from tessera.workers.llm.specdec import SpecDecConfig
 
+    # Both single-stream engines (one slot: no admission window for either).
     speculative = BatchingEngine(engine, max_batch_size=1, speculative=SpecDecConfig(method="draft_head_ngram"))
+    single = BatchingEngine(engine, max_batch_size=1)
     plain_s = spec_s = 0.0
     identical = True
     drafted = accepted = 0
     try:
         for prompt in _prompts(engine, count):
-            plain = batching.submit(prompt, max_tokens=2 * max_tokens, speculative=False).result()
+            plain = single.submit(prompt, max_tokens=2 * max_tokens).result()
             spec = speculative.submit(prompt, max_tokens=2 * max_tokens).result()
             plain_s, spec_s = plain_s + plain.seconds, spec_s + spec.seconds
             identical &= plain.token_ids == spec.token_ids
@@ -129,6 +131,7 @@ def _speculative(engine, batching, count: int, max_tokens: int) -> dict[str, Any
             accepted += spec.stats.get("accepted_tokens", 0)
     finally:
         speculative.close()
+        single.close()
     return {"speculativeSpeedup": round(plain_s / spec_s, 3), "speculativeIdenticalOutputs": identical,
             "speculativeAcceptanceRate": round(accepted / max(1, drafted), 3)}
 
@@ -288,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         grammar = _grammar_overhead(batching, _prompts(engine, 8))
         bar.update(2)
 
-        speculative = None if args.skip_speculative else _speculative(engine, batching, args.spec_prompts, n)
+        speculative = None if args.skip_speculative else _speculative(engine, args.spec_prompts, n)
         bar.update(1)
 
         candidates = None

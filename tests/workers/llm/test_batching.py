@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import pytest
 
@@ -100,6 +101,20 @@ def test_ebnf_grammar_answers_match_the_grammar(batching, sql_and_chat_prompts):
     result = batching.submit(sql_and_chat_prompts[0], max_tokens=30, grammar=grammar).result(timeout=300)
     assert re.fullmatch(r"SELECT (name|age|COUNT\(\*\)) FROM (singer|stadium);", result.text)
     assert result.finish_reason == "stop"
+
+
+@pytest.mark.model
+def test_requests_arriving_apart_at_an_idle_engine_prefill_together_within_the_window(llm_engine,
+                                                                                     sql_and_chat_prompts):
+    engine = BatchingEngine(llm_engine, max_batch_size=3, admission_window_s=0.5)
+    try:
+        requests = []
+        for prompt in [*sql_and_chat_prompts, sql_and_chat_prompts[1]]:
+            requests.append(engine.submit(prompt, max_tokens=2))
+            time.sleep(0.02)  # a burst's requests, 20 ms apart
+        assert [r.result(timeout=300).stats["prefill_group"] for r in requests] == [3, 3, 3]
+    finally:
+        engine.close()
 
 
 @pytest.mark.model
