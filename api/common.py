@@ -1,7 +1,9 @@
-"""Shared building blocks of the custom-resource models: camelCase wire format, metadata, conditions."""
+"""Shared building blocks of the custom-resource models: camelCase wire format, metadata, conditions;
+and the small parsers the commands share."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -85,6 +87,13 @@ def format_watts(watts: float) -> str:
     if magnitude < 1_000_000:
         return f"{watts / 1000:.3g} kW" if magnitude < 100_000 else f"{watts / 1000:.0f} kW"
     return f"{watts / 1_000_000:.3g} MW"
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts given on a command line: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def now_rfc3339() -> str:

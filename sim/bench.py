@@ -9,17 +9,13 @@ from __future__ import annotations
 import argparse
 import time
 
+from tessera.api.common import positive_int
+
 BUDGET_S = 30.0
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=_positive, default=10_000, help="requests to simulate (default 10000)")
+    parser.add_argument("--requests", type=positive_int, default=10_000, help="requests to simulate (default 10000)")
     parser.add_argument("--seed", type=int, default=0)
 
 

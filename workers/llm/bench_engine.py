@@ -20,23 +20,19 @@ import threading
 import time
 from typing import Any
 
+from tessera.api.common import positive_int
+
 LEVELS = (1, 4, 8, 16)
 PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
                                                   "city": {"type": "string", "maxLength": 16}},
                  "required": ["name", "city"], "additionalProperties": False}
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-tokens", type=_positive, default=32, help="tokens per request (default 32)")
-    parser.add_argument("--spec-prompts", type=_positive, default=6,
+    parser.add_argument("--max-tokens", type=positive_int, default=32, help="tokens per request (default 32)")
+    parser.add_argument("--spec-prompts", type=positive_int, default=6,
                         help="prompts decoded single-stream for the speculative speedup (default 6)")
-    parser.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--skip-rss", action="store_true", help="do not start the processes that measure demoRssMB")
     parser.add_argument("--skip-speculative", action="store_true",
                         help="do not measure the speculative speedup (its draft head may have to be trained first)")

@@ -12,13 +12,9 @@ import os
 import sys
 from typing import Any
 
+from tessera.api.common import positive_int
+
 METHODS = ("ngram", "layer_skip", "quantized", "draft_head", "draft_head_ngram", "draft_model")
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return int(text)
 
 
 def _methods(text: str) -> list[str]:
@@ -31,13 +27,13 @@ def _methods(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompts", type=_positive, default=32,
+    parser.add_argument("--prompts", type=positive_int, default=32,
                         help="how many of the 32 held-out prompts (20 Text-to-SQL, 12 chat) to use, "
                              "SQL and chat alternating (default 32)")
-    parser.add_argument("--max-new-tokens", type=_positive, default=96, help="tokens generated per prompt (default 96)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=96, help="tokens generated per prompt (default 96)")
     parser.add_argument("--methods", type=_methods, default=list(METHODS),
                         help=f"comma-separated draft methods (default: all of {', '.join(METHODS)})")
-    parser.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--draft-model", default=None,
                         help="draft_model: a local HF directory or .gguf (default: a second, separate copy of "
                              "the target, the only model on this machine)")
