@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics-port", type=int, default=9091, metavar="PORT",
                         help="where the demo serves its Prometheus metrics (default 9091; 0: off)")
     parser.add_argument("--keep-running", action="store_true",
-                        help="leave the workflows serving (HTTP on 127.0.0.1:8000/<workflow>, FCFS unless "
-                             "--no-baseline) until Ctrl-C")
+                        help="leave the workflows serving with their own policy (HTTP on "
+                             "127.0.0.1:8000/<workflow>) until Ctrl-C")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table",
                         help="table for people (default) or one JSON object with the figures")
     parser.set_defaults(handler=run)
@@ -251,7 +251,9 @@ def run_workflow(workflow, plan, classes, args) -> dict:
         if database:
             questions = [q for q in dev_questions(database, len(inputs)) for _class in TRAFFIC_CLASSES]
             result[label]["executionAccuracy"] = accuracy(records, questions, database)
-    if not args.keep_running:
+    if args.keep_running and policy != workflow.spec.serve.policy:  # it goes on serving as the operator deploys it
+        serve_applications(workflow_applications(workflow, plan, classes, workflow.spec.serve.policy)[-1:], http=True)
+    elif not args.keep_running:
         # The next workflow loads while these go down (a delete only stops actors; nothing waits on it).
         for application in (runtime, *models):
             serve.delete(application["name"], _blocking=False)
