@@ -253,7 +253,7 @@ class _Batch:
         self.mask = torch.cat([self.mask, torch.ones(len(tokens), 1, dtype=torch.long)], dim=1)
         with torch.inference_mode():
             hidden = model.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                                 past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+                                 cache=self.cache, use_cache=True).last_hidden_state[:, -1]
             logits = model.lm_head(hidden)
         return logits.float(), hidden
 
@@ -496,7 +496,7 @@ class BatchingEngine:
         cache = self.engine.new_cache()
         model = self.engine.model
         with torch.inference_mode():
-            hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                                  use_cache=True).last_hidden_state[0]
             last = hidden[[s[-1] for s in sources]]
             logits = model.lm_head(last).float()

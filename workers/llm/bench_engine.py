@@ -2,18 +2,31 @@
 
 - tokensPerSecond: aggregate generated tokens per second with 1, 4, 8 and 16 requests in flight;
   baseline: ``LLMEngine.generate`` called from that many threads (one forward at a time, under a lock).
+  baselineSequentialTokensPerSecondAt8: the same 8 requests one after another from one thread, the
+  one-at-a-time engine's best case (its threads' OpenMP workers no longer compete).
 - grammarOverhead: decode-phase seconds per token with a JSON schema against the same requests
   unconstrained, at the same batch size and decoded tokens per request (``_grammar_overhead``).
 - speculativeSpeedup: one request at a time, with and without the speculative step; outputs must be identical.
+- cpuLinear: the layout of the CPU linear layers the engine adopted (``cpu_matmul``) and one forward's
+  milliseconds by new tokens in each layout.
 - demoRssMB: resident memory of real processes: today two stage processes each loading the model,
   against one process holding one shared batching engine.
+
+Every measurement runs with no other thread alive that has computed with torch: each such thread keeps
+its own OpenMP workers, and with more of them than cores libgomp stops spinning at its barriers, which
+doubled a forward's time here (docs/engine.md, "CPU matrix products"). So each engine is closed after
+its measurement and the single-thread ones run in a thread of their own. The threaded baseline keeps
+its threads alive together, as a threaded server does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -23,6 +36,7 @@ from typing import Any
 from tessera.api.common import positive_int
 
 LEVELS = (1, 4, 8, 16)
+FORWARD_ROWS = (1, 2, 3, 4, 5, 8, 12, 16)
 PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
                                                   "city": {"type": "string", "maxLength": 16}},
                  "required": ["name", "city"], "additionalProperties": False}
@@ -60,6 +74,57 @@ def _baseline_rate(engine, prompts: list[str], max_tokens: int) -> float:
     for t in threads:
         t.join()
     return sum(len(r.token_ids) for r in results) / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _batching(engine, **options):
+    """A batching engine for one measurement, closed after it: its scheduler thread (and so its OpenMP
+    workers) must not outlive it (see the module docstring)."""
+    from tessera.workers.llm.batching import BatchingEngine
+
+    with contextlib.closing(BatchingEngine(engine, max_batch_size=max(LEVELS), **options)) as batching:
+        yield batching
+
+
+def _alone(fn, *args):
+    """``fn(*args)`` in a thread of its own that ends with it (see the module docstring)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _sequential_rate(engine, prompts: list[str], max_tokens: int) -> float:
+    """The one-at-a-time engine at its best: the same requests one after another from one thread (no
+    waiting threads, whose OpenMP workers compete for the cores)."""
+    started = time.perf_counter()
+    tokens = sum(len(engine.generate(p, max_new_tokens=max_tokens).token_ids) for p in prompts)
+    return tokens / (time.perf_counter() - started)
+
+
+def _forward_costs(engine, repeats: int = 9) -> dict[str, Any]:
+    """Milliseconds of one target forward by new tokens (after a benchmark prompt), with the linear layers
+    in each CPU layout (``cpu_matmul``; median of ``repeats``, layouts interleaved), and the one the engine
+    uses."""
+    from tessera.workers.llm import cpu_matmul
+    from tessera.workers.llm.steps import crop_cache
+
+    adopted = cpu_matmul.preferred_layout(engine.model)
+    prompt = engine.encode(_prompts(engine, 1)[0])
+    costs: dict[str, dict[str, float]] = {"torch-linear": {}, "weight-first": {}}
+
+    cache = engine.new_cache()
+    engine.forward(prompt, cache)
+    for rows in FORWARD_ROWS:
+        for layout, by_rows in costs.items():
+            cpu_matmul.adopt_layout(engine.model, layout)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                engine.forward(prompt[:rows], cache, all_logits=True)
+                times.append(time.perf_counter() - started)
+                crop_cache(cache, len(prompt))
+            by_rows[str(rows)] = round(statistics.median(times) * 1e3, 1)
+    cpu_matmul.adopt_layout(engine.model, adopted)
+    return {"adopted": adopted, "forwardMsByNewTokens": costs}
 
 
 def _batched(batching, prompts: list[str], max_tokens: int | list[int], **options) -> tuple[list, float]:
@@ -107,28 +172,21 @@ def _prefill_tokens(engine, prompts: list[str]) -> dict[str, int]:
 
 
 def _speculative(engine, count: int, max_tokens: int) -> dict[str, Any]:
-    """One request at a time, ``2 * max_tokens`` each: the speculative step against plain decoding."""
+    """One request at a time, ``2 * max_tokens`` each: the speculative step against plain decoding, each on a
+    single-slot engine (no admission window for either) that runs alone."""
     from tessera.workers.llm.batching import BatchingEngine
     from tessera.workers.llm.specdec import SpecDecConfig
 
-    # Both single-stream engines (one slot: no admission window for either).
-    speculative = BatchingEngine(engine, max_batch_size=1, speculative=SpecDecConfig(method="draft_head_ngram"))
-    single = BatchingEngine(engine, max_batch_size=1)
-    plain_s = spec_s = 0.0
-    identical = True
-    drafted = accepted = 0
-    try:
-        for prompt in _prompts(engine, count):
-            plain = single.submit(prompt, max_tokens=2 * max_tokens).result()
-            spec = speculative.submit(prompt, max_tokens=2 * max_tokens).result()
-            plain_s, spec_s = plain_s + plain.seconds, spec_s + spec.seconds
-            identical &= plain.token_ids == spec.token_ids
-            drafted += spec.stats.get("drafted_tokens", 0)
-            accepted += spec.stats.get("accepted_tokens", 0)
-    finally:
-        speculative.close()
-        single.close()
-    return {"speculativeSpeedup": round(plain_s / spec_s, 3), "speculativeIdenticalOutputs": identical,
+    prompts = _prompts(engine, count)
+    runs = {}
+    for name, speculative in (("plain", None), ("speculative", SpecDecConfig(method="draft_head_ngram"))):
+        with contextlib.closing(BatchingEngine(engine, max_batch_size=1, speculative=speculative)) as single:
+            runs[name] = [single.submit(prompt, max_tokens=2 * max_tokens).result() for prompt in prompts]
+    plain, spec = runs["plain"], runs["speculative"]
+    drafted = sum(r.stats.get("drafted_tokens", 0) for r in spec)
+    accepted = sum(r.stats.get("accepted_tokens", 0) for r in spec)
+    return {"speculativeSpeedup": round(sum(r.seconds for r in plain) / sum(r.seconds for r in spec), 3),
+            "speculativeIdenticalOutputs": all(p.token_ids == q.token_ids for p, q in zip(plain, spec)),
             "speculativeAcceptanceRate": round(accepted / max(1, drafted), 3)}
 
 
@@ -260,31 +318,34 @@ print("ready", flush=True); input()
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from tessera.workers.llm.batching import BatchingEngine
     from tessera.workers.llm.engine import LLMEngine
 
     load_before = os.getloadavg()[0]
     engine = LLMEngine.load_default(threads=args.threads)
-    batching = BatchingEngine(engine, max_batch_size=max(LEVELS))
     n = args.max_tokens
-    _batched(batching, _prompts(engine, 2), max_tokens=2, speculative=False)  # first forwards set up kernels
+    with _batching(engine) as batching:
+        _batched(batching, _prompts(engine, 2), max_tokens=2, speculative=False)  # first forwards set up kernels
     new, baseline = {}, {}
-    with tqdm(total=2 * len(LEVELS) + 5, desc="engine bench", file=sys.stderr) as bar:
+    with tqdm(total=2 * len(LEVELS) + 6, desc="engine bench", file=sys.stderr) as bar:
         for level in LEVELS:
             prompts = _prompts(engine, level)
-            results, seconds = _batched(batching, prompts, max_tokens=n, speculative=False)
+            with _batching(engine) as batching:
+                results, seconds = _batched(batching, prompts, max_tokens=n, speculative=False)
             new[str(level)] = round(sum(len(r.token_ids) for r in results) / seconds, 2)
             bar.update(1)
             baseline[str(level)] = round(_baseline_rate(engine, prompts, n), 2)
             bar.update(1)
 
-        unshared = BatchingEngine(engine, max_batch_size=max(LEVELS), share_prefixes=False)
-        results, seconds = _batched(unshared, _prompts(engine, 8), max_tokens=n, speculative=False)
-        unshared.close()
+        sequential_8 = _alone(_sequential_rate, engine, _prompts(engine, 8), n)
+        bar.update(1)
+
+        with _batching(engine, share_prefixes=False) as unshared:
+            results, seconds = _batched(unshared, _prompts(engine, 8), max_tokens=n, speculative=False)
         new_unshared_8 = sum(len(r.token_ids) for r in results) / seconds
         bar.update(1)
 
-        grammar = _grammar_overhead(batching, _prompts(engine, 8))
+        with _batching(engine) as batching:
+            grammar = _grammar_overhead(batching, _prompts(engine, 8))
         bar.update(2)
 
         speculative = None if args.skip_speculative else _speculative(engine, args.spec_prompts, n)
@@ -293,10 +354,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         candidates = None
         if not args.skip_candidates:
             prompts = _prompts(engine, 8)
-            ours, _seconds = _batched(batching, prompts, max_tokens=n, speculative=False)
-            candidates = _candidates(engine, prompts, n, args.threads, ours)
+            with _batching(engine) as batching:
+                ours, _seconds = _batched(batching, prompts, max_tokens=n, speculative=False)
+            candidates = _alone(_candidates, engine, prompts, n, args.threads, ours)
         bar.update(1)
-    batching.close()
+    cpu_linear = _alone(_forward_costs, engine)
     rss = None if args.skip_rss else {"baseline": _rss_mb(STAGE_TODAY, 2), "new": _rss_mb(SHARED_NEW, 1)}
     return {
         "benchmark": "engine",
@@ -306,6 +368,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline": "LLMEngine.generate from as many threads as requests (one forward at a time), same prompts",
         "tokensPerSecond": {"new": new, "baseline": baseline},
         "throughputRatioAt8": round(new["8"] / baseline["8"], 2),
+        "baselineSequentialTokensPerSecondAt8": round(sequential_8, 2),
+        "throughputRatioAt8VsSequential": round(new["8"] / sequential_8, 2),
         "throughputRatioAt8WithoutPrefixSharing": round(new_unshared_8 / baseline["8"], 2),
         "prefillTokensAt8": _prefill_tokens(engine, _prompts(engine, 8)),
         "grammarOverhead": grammar["overhead"],
@@ -313,6 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "grammarJsonParses": grammar["parses"],
         **(speculative or {}),
         "demoRssMB": rss,
+        "cpuLinear": cpu_linear,
         "candidatesAt8": candidates,
         "loadAverage": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()},
     }

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tessera.workers.llm.cpu_matmul import adopt_layout, preferred_layout, project
 from tessera.workers.llm.steps import Target
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
@@ -144,6 +145,10 @@ class DraftHeadDrafter:
     def __init__(self, engine: Target, head, vocab):
         self.engine = engine
         self.head = head.eval()
+        # The target's layout: the head's weights stream through memory like the target's (a timing on
+        # the head's own cache-sized weights would not say how they run between target steps).
+        self.layout = preferred_layout(engine.model) if engine.device == "cpu" else "torch-linear"
+        adopt_layout(self.head, self.layout)
         self.vocab = vocab  # LongTensor of token ids the head drafts from
         self.embedding = engine.model.get_input_embeddings().weight
         self.out_weight = engine.model.lm_head.weight.detach()[vocab].contiguous()
@@ -168,14 +173,14 @@ class DraftHeadSession:
     def propose(self, ids: list[int], feature, k: int, threshold: float) -> list[int]:
         import torch
 
-        head, embedding = self.drafter.head, self.drafter.embedding
+        head, embedding, layout = self.drafter.head, self.drafter.embedding, self.drafter.layout
         proposal: list[int] = []
         token = ids[-1]
         reach = 1.0  # the head's own estimate that the target keeps every token drafted so far
         with torch.inference_mode():
             for _ in range(k):
                 feature = head(feature, embedding[token])
-                top_p, index = torch.max(torch.softmax(self.out_weight @ feature, dim=-1), dim=-1)
+                top_p, index = torch.max(torch.softmax(project(self.out_weight, feature, layout), dim=-1), dim=-1)
                 reach *= float(top_p)
                 if reach < threshold:
                     break
@@ -260,7 +265,7 @@ def self_generate(engine: Target, training: DraftHeadTraining):
             alive = torch.ones(len(rows), dtype=torch.bool, device=device)
             for step in range(steps):
                 hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                     past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+                                     cache=cache, use_cache=True).last_hidden_state[:, -1]
                 logits = model.lm_head(hidden).float()
                 best = logits.argmax(-1)
                 draw = torch.multinomial(torch.softmax(logits / training.sample_temperature, -1), 1,

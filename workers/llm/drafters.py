@@ -106,7 +106,7 @@ class ModelDraftSession:
         with torch.inference_mode():
             for _ in range(k):
                 tensor = torch.tensor([new], dtype=torch.long, device=self.drafter.device)
-                hidden = model.model(input_ids=tensor, past_key_values=self.cache, use_cache=True).last_hidden_state
+                hidden = model.model(input_ids=tensor, cache=self.cache, use_cache=True).last_hidden_state
                 probs = torch.softmax(model.lm_head(hidden[0, -1:])[0].float(), dim=-1)
                 self.cached_ids += new
                 top_p, token = torch.max(probs, dim=-1)

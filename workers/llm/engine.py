@@ -133,7 +133,7 @@ class LLMEngine:
 
         ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
         with self._forward_lock, torch.inference_mode():
-            hidden = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = self.model.model(input_ids=ids, cache=cache, use_cache=True).last_hidden_state
             logits = self.model.lm_head(hidden if all_logits else hidden[:, -1:])
         return logits[0].float(), hidden[0]
 

