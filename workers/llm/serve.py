@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import functools
 import threading
 import uuid
 from dataclasses import asdict
@@ -139,6 +141,10 @@ class LLMServer:
     def __init__(self, config: LLMServerConfig, draft_handle=None):
         self.config = config
         self.engine = _load_engine(config.model_path, config.device, config.threads)
+        # Every forward on one thread: each thread that computes with torch keeps its own OpenMP workers,
+        # and with more of them than cores they throttle each other (a step took twice as long here;
+        # docs/engine.md, "CPU matrix products"). The engine's lock serialises forwards anyway.
+        self._compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-compute")
         if draft_handle is not None and config.speculative is not None:
             self.engine.set_drafter(config.speculative, RemoteDrafter(draft_handle))
 
@@ -160,13 +166,17 @@ class LLMServer:
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """The whole answer: text, token ids, finish reason, mean log-probability and decoding stats."""
         prompt, kwargs = self._arguments(request)
-        result = await asyncio.to_thread(self.engine.generate, prompt, **kwargs)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._compute, functools.partial(self.engine.generate, prompt, **kwargs))
         return asdict(result)
 
-    def stream(self, request: dict[str, Any]):
+    async def stream(self, request: dict[str, Any]):
         """Text pieces as they are decided (call with ``handle.options(stream=True)``)."""
         prompt, kwargs = self._arguments(request)
-        yield from self.engine.stream(prompt, **kwargs)
+        pieces = self.engine.stream(prompt, **kwargs)
+        loop = asyncio.get_running_loop()
+        while (piece := await loop.run_in_executor(self._compute, next, pieces, None)) is not None:
+            yield piece
 
     async def __call__(self, http_request) -> Any:
         """HTTP: POST a GenerateRequest as JSON; bad requests get status 400 and a one-line error."""
