@@ -13,10 +13,7 @@ resources of both come from the config, which the planner's plan fills in.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
-import functools
 import threading
 import uuid
 from dataclasses import asdict
@@ -26,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from tessera.workers.llm.specdec import SpecDecConfig
+from tessera.workers.torch_thread import on_torch_thread_async
 
 
 class LLMServerConfig(BaseModel):
@@ -141,10 +139,6 @@ class LLMServer:
     def __init__(self, config: LLMServerConfig, draft_handle=None):
         self.config = config
         self.engine = _load_engine(config.model_path, config.device, config.threads)
-        # Every forward on one thread: each thread that computes with torch keeps its own OpenMP workers,
-        # and with more of them than cores they throttle each other (a step took twice as long here;
-        # docs/engine.md, "CPU matrix products"). The engine's lock serialises forwards anyway.
-        self._compute = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-compute")
         if draft_handle is not None and config.speculative is not None:
             self.engine.set_drafter(config.speculative, RemoteDrafter(draft_handle))
 
@@ -166,16 +160,16 @@ class LLMServer:
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """The whole answer: text, token ids, finish reason, mean log-probability and decoding stats."""
         prompt, kwargs = self._arguments(request)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._compute, functools.partial(self.engine.generate, prompt, **kwargs))
+        # On the torch thread, not asyncio.to_thread's pool (workers/torch_thread.py says why); the engine's
+        # lock serialises forwards anyway.
+        result = await on_torch_thread_async(self.engine.generate, prompt, **kwargs)
         return asdict(result)
 
     async def stream(self, request: dict[str, Any]):
         """Text pieces as they are decided (call with ``handle.options(stream=True)``)."""
         prompt, kwargs = self._arguments(request)
         pieces = self.engine.stream(prompt, **kwargs)
-        loop = asyncio.get_running_loop()
-        while (piece := await loop.run_in_executor(self._compute, next, pieces, None)) is not None:
+        while (piece := await on_torch_thread_async(next, pieces, None)) is not None:
             yield piece
 
     async def __call__(self, http_request) -> Any:

@@ -7,6 +7,8 @@ import os
 import threading
 from typing import ClassVar
 
+from tessera.workers.torch_thread import run_on_torch_thread
+
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384
 
@@ -39,6 +41,7 @@ class Embedder:
             return cls._shared
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        """Unit-length vectors, so that cosine similarity is a dot product."""
-        vectors = self.model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+        """Unit-length vectors, so that cosine similarity is a dot product. Computed on the process's torch
+        thread: searches arrive on ``asyncio.to_thread``'s pool (workers/torch_thread.py says why)."""
+        vectors = run_on_torch_thread(self.model.encode, texts, normalize_embeddings=True, show_progress_bar=False)
         return [vector.tolist() for vector in vectors]
