@@ -27,9 +27,10 @@ from tessera.workers.llm.steps import LLMRequestError, Target, TokenStep, crop_c
 DraftMethod = Literal["ngram", "layer_skip", "quantized", "draft_head", "draft_head_ngram", "draft_model"]
 
 # Relative cost of a target forward over n new tokens (n -> multiple of one token), measured on
-# SmolLM2-135M with 2 CPU threads (34, 37, 51, 62 ms for 1, 2, 4, 8 tokens). It only seeds the
-# draft-length choice until the engine has timed its own verification steps.
-PRIOR_VERIFY_COST = {1: 1.0, 2: 1.09, 4: 1.5, 8: 1.82, 16: 2.6}
+# SmolLM2-135M with 2 CPU threads and weight-first products (23.6, 24.8, 28.2, 46.7, 68.9 ms for 1, 2,
+# 4, 8, 16 tokens; docs/engine.md, "CPU matrix products"). It only seeds the draft-length choice until
+# the engine has timed its own verification steps.
+PRIOR_VERIFY_COST = {1: 1.0, 2: 1.05, 4: 1.19, 8: 1.98, 16: 2.92}
 
 
 class SpecDecConfig(BaseModel):
