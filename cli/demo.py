@@ -245,8 +245,7 @@ def run_workflow(workflow, plan, classes, args) -> dict:
         else:
             alone_ms(handle, inputs[0])  # warm-up of the new runtime's replicas
         records = send_burst(handle, bodies, progress=f"  {name}, {policy}")
-        result[label] = {"policy": policy, "byPriority": by_priority(records),
-                         "errors": sorted({r["error"] for r in records if r["error"]})[:3]}
+        result[label] = {"policy": policy, "byPriority": by_priority(records), **failures(records)}
         database = database_of(workflow)
         if database:
             questions = [q for q in dev_questions(database, len(inputs)) for _class in TRAFFIC_CLASSES]
@@ -259,6 +258,16 @@ def run_workflow(workflow, plan, classes, args) -> dict:
             serve.delete(application["name"], _blocking=False)
     result["checks"] = checks(result)
     return result
+
+
+def failures(records: list[dict]) -> dict:
+    """The burst's errors, apart from requests the runtime stopped because their deadline had passed
+    (skipping work that can no longer meet it is the deadline-aware runtime doing its job)."""
+    from tessera.workers.runtime.executor import DEADLINE_PASSED
+
+    errors = [r["error"] for r in records if r["error"]]
+    return {"errors": sorted({e for e in errors if DEADLINE_PASSED not in e})[:3],
+            "stoppedPastDeadline": sum(DEADLINE_PASSED in e for e in errors)}
 
 
 def alone_ms(handle, value) -> float:
@@ -296,6 +305,9 @@ def render_report(results: dict, metrics_url: str | None) -> str:
                 lines.append(f"{'':10}  execution accuracy {result[label]['executionAccuracy']:.0%}")
             for error in result[label]["errors"]:
                 lines.append(f"{'':10}  error: {error}")
+            if stopped := result[label].get("stoppedPastDeadline"):
+                lines.append(f"{'':10}  {stopped} request{'s' if stopped > 1 else ''} stopped once past the "
+                             "deadline (the runtime skips stages that can no longer meet it)")
         verdict = ", ".join(f"{check} {'yes' if ok else 'NO'}" for check, ok in result["checks"].items())
         lines.append(f"most urgent class: {verdict}")
     lines.append(f"\n{results['generatedTokens']} tokens generated, {results['sqlCandidatesExecuted']} SQL candidates "

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tessera.api import AgentWorkflow
-from tessera.cli.demo import TRAFFIC_CLASSES, burst_bodies, checks, deadline_unit_ms
+from tessera.cli.demo import TRAFFIC_CLASSES, burst_bodies, checks, deadline_unit_ms, failures
 from tessera.cli.documents import load
+from tessera.workers.runtime.executor import DEADLINE_PASSED
 from tessera_devtools import EXAMPLES
 
 CHAT = next(wf for wf in load([str(EXAMPLES / "workflows" / "chat.yaml")]).of_kind(AgentWorkflow))
@@ -39,3 +40,14 @@ def row(attainment: float, p50: float) -> dict:
 ])
 def test_checks_compare_the_urgent_class_with_the_others_and_with_fcfs(urgency, fcfs, expected):
     assert checks({"urgency": {"byPriority": urgency}, "fcfs": {"byPriority": fcfs}}) == expected
+
+
+@pytest.mark.parametrize("errors, expected", [
+    ([None, None], {"errors": [], "stoppedPastDeadline": 0}),
+    ([f"stage 'file-ticket' failed: {DEADLINE_PASSED}", None, f"stage 'answer' failed: {DEADLINE_PASSED} (last attempt: x)"],
+     {"errors": [], "stoppedPastDeadline": 2}),
+    (["stage 'answer' failed: boom", "stage 'answer' failed: boom", f"stage 'file-ticket' failed: {DEADLINE_PASSED}"],
+     {"errors": ["stage 'answer' failed: boom"], "stoppedPastDeadline": 1}),
+])
+def test_requests_stopped_past_their_deadline_are_counted_apart_from_errors(errors, expected):
+    assert failures([{"error": e} for e in errors]) == expected

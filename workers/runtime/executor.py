@@ -33,6 +33,10 @@ from tessera.workers.runtime.context import StageError
 
 TokenSink = Callable[[str], Awaitable[None]]
 
+# Why a stage did not run: work that can no longer meet the deadline is skipped (the demo counts these apart
+# from failures).
+DEADLINE_PASSED = "skipped: the request's deadline had passed"
+
 
 class Invoke(Protocol):
     """Runs one call of ``stage``: ``call`` holds the StageContext fields, ``sched`` the scheduling fields.
@@ -206,7 +210,7 @@ class WorkflowExecutor:
         state.results[stage.name] = result
         try:
             if started > state.deadline_s:
-                raise StageFailed(stage.name, "skipped: the request's deadline had passed", 0)
+                raise StageFailed(stage.name, DEADLINE_PASSED, 0)
             inputs = {dep: state.outputs[dep] for dep in stage.depends_on}
             previous = None
             for iteration in range(stage.iterations):
@@ -244,7 +248,7 @@ class WorkflowExecutor:
         reason = "not run"
         for _attempt in range(stage.retries + 1):
             if time.time() > state.deadline_s:
-                late = "skipped: the request's deadline had passed"
+                late = DEADLINE_PASSED
                 raise StageFailed(stage.name, f"{late} (last attempt: {reason})" if attempts[0] else late, attempts[0])
             attempts[0] += 1
             try:
