@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from tessera.workers.llm.specdec import SpecDecConfig
-from tessera.workers.torch_thread import on_torch_thread_async
+from tessera.workers.torch_thread import on_torch_thread_async, run_on_torch_thread
 
 
 class LLMServerConfig(BaseModel):
@@ -89,8 +89,9 @@ class DraftServer:
         self.lock = threading.Lock()
 
     def start(self, session_id: str, prompt_ids: list[int]) -> None:
+        session = run_on_torch_thread(self.drafter.start, prompt_ids)
         with self.lock:
-            self.sessions[session_id] = self.drafter.start(prompt_ids)
+            self.sessions[session_id] = session
             while len(self.sessions) > self.MAX_SESSIONS:  # sessions whose target never closed them
                 self.sessions.popitem(last=False)[1].close()
 
@@ -100,7 +101,8 @@ class DraftServer:
         session = self.sessions.get(session_id)
         if session is None:
             raise KeyError(f"draft session {session_id} is unknown or expired")
-        return session.propose(ids, torch.tensor(feature, device=self.device), k, threshold)
+        # On the torch thread: Serve calls these methods from its own threads (workers/torch_thread.py says why).
+        return run_on_torch_thread(session.propose, ids, torch.tensor(feature, device=self.device), k, threshold)
 
     def close(self, session_id: str) -> None:
         with self.lock:
