@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rag-assistant, chat) for the example heterogeneous inventory, run the Serve application the operator "
         "would deploy (the default workflow runtime; planned hardware classes become local Ray resources), send "
         "a burst of requests with three priorities and deadlines under the workflow's urgency policy and under "
-        "FCFS, and print SLO attainment, p50 and p95 per priority. Takes about 4.5 minutes on 2 CPU cores.",
+        "FCFS, and print SLO attainment, p50 and p95 per priority. Takes about 3.5 minutes on 2 CPU cores.",
     )
     parser.add_argument("--workflow", choices=sorted(WORKFLOW_FILES), action="append", metavar="NAME",
                         help="run only this example (text2sql, rag-assistant or chat; repeatable; default: all three)")

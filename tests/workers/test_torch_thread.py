@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tessera.workers.torch_thread import on_torch_thread, on_torch_thread_async, run_on_torch_thread
+from tessera.workers.torch_thread import on_torch_thread, on_torch_thread_async, run_in_passing_thread, run_on_torch_thread
 
 
 def _thread_name() -> str:
@@ -42,3 +42,9 @@ def test_the_async_form_awaits_the_same_thread():
         return await asyncio.gather(*(on_torch_thread_async(_thread_name) for _ in range(3)))
 
     assert set(asyncio.run(main())) == {run_on_torch_thread(_thread_name)}
+
+
+def test_a_passing_thread_is_gone_once_the_call_returns():
+    seen = run_in_passing_thread(lambda: threading.current_thread())
+    assert seen is not threading.current_thread() and not seen.is_alive()
+    assert run_in_passing_thread(divmod, 7, 2) == (3, 1)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import statistics
@@ -34,6 +33,7 @@ import time
 from typing import Any
 
 from tessera.api.common import positive_int
+from tessera.workers.torch_thread import run_in_passing_thread
 
 LEVELS = (1, 4, 8, 16)
 FORWARD_ROWS = (1, 2, 3, 4, 5, 8, 12, 16)
@@ -86,12 +86,6 @@ def _batching(engine, **options):
         yield batching
 
 
-def _alone(fn, *args):
-    """``fn(*args)`` in a thread of its own that ends with it (see the module docstring)."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn, *args).result()
-
-
 def _sequential_rate(engine, prompts: list[str], max_tokens: int) -> float:
     """The one-at-a-time engine at its best: the same requests one after another from one thread (no
     waiting threads, whose OpenMP workers compete for the cores)."""
@@ -107,7 +101,7 @@ def _forward_costs(engine, repeats: int = 9) -> dict[str, Any]:
     from tessera.workers.llm import cpu_matmul
     from tessera.workers.llm.steps import crop_cache
 
-    adopted = cpu_matmul.preferred_layout(engine.model)
+    adopted = cpu_matmul.model_layout(engine.model)
     prompt = engine.encode(_prompts(engine, 1)[0])
     costs: dict[str, dict[str, float]] = {"torch-linear": {}, "weight-first": {}}
 
@@ -336,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             baseline[str(level)] = round(_baseline_rate(engine, prompts, n), 2)
             bar.update(1)
 
-        sequential_8 = _alone(_sequential_rate, engine, _prompts(engine, 8), n)
+        sequential_8 = run_in_passing_thread(_sequential_rate, engine, _prompts(engine, 8), n)
         bar.update(1)
 
         with _batching(engine, share_prefixes=False) as unshared:
@@ -356,9 +350,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prompts = _prompts(engine, 8)
             with _batching(engine) as batching:
                 ours, _seconds = _batched(batching, prompts, max_tokens=n, speculative=False)
-            candidates = _alone(_candidates, engine, prompts, n, args.threads, ours)
+            candidates = run_in_passing_thread(_candidates, engine, prompts, n, args.threads, ours)
         bar.update(1)
-    cpu_linear = _alone(_forward_costs, engine)
+    cpu_linear = run_in_passing_thread(_forward_costs, engine)
     rss = None if args.skip_rss else {"baseline": _rss_mb(STAGE_TODAY, 2), "new": _rss_mb(SHARED_NEW, 1)}
     return {
         "benchmark": "engine",

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import threading
 import time
 from typing import Literal, get_args
+
+from tessera.workers.torch_thread import run_in_passing_thread
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +77,11 @@ def _measure(weight) -> Layout:
 
     in_features = weight.shape[1]
     timings = {"torch-linear": 0.0, "weight-first": 0.0}
-    for rows in (1, 4):  # a decode step; a verification or a small batch
-        x = torch.randn(rows, in_features)
-        timings["torch-linear"] += _median_ms(lambda: F.linear(x, weight))
-        timings["weight-first"] += _median_ms(lambda: weight_first(weight, x))
+    with torch.inference_mode():
+        for rows in (1, 4):  # a decode step; a verification or a small batch
+            x = torch.randn(rows, in_features)
+            timings["torch-linear"] += _median_ms(lambda: F.linear(x, weight))
+            timings["weight-first"] += _median_ms(lambda: weight_first(weight, x))
     layout: Layout = min(timings, key=timings.get)
     logger.info("CPU linear layers: %s (%s)", layout, ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()))
     return layout
@@ -88,7 +90,6 @@ def _measure(weight) -> Layout:
 def preferred_layout(model) -> Layout:
     """The faster layout for ``model``'s linear layers on this CPU, timed once per process and weight shape
     on its largest weight (a cache-sized one would time the cache, not memory)."""
-    import torch
     import torch.nn as nn
 
     forced = os.environ.get(LAYOUT_ENV)
@@ -99,15 +100,9 @@ def preferred_layout(model) -> Layout:
     largest = max((m.weight for m in model.modules() if isinstance(m, nn.Linear)), key=lambda w: w.numel())
     shape = tuple(largest.shape)
     if shape not in _measured:
-        # In a thread of its own that then ends, taking its OpenMP workers with it: left alive in the
-        # loading thread, they slowed the engine's scheduler thread by a quarter here (112 -> 82 tokens/s).
-        def measure() -> None:
-            with torch.inference_mode():
-                _measured[shape] = _measure(largest.detach())
-
-        worker = threading.Thread(target=measure, name="tessera-matmul-probe")
-        worker.start()
-        worker.join()
+        # Not in the loading thread: the OpenMP workers the timing starts would stay alive there, and they
+        # slowed the engine's scheduler thread by a quarter here (112 -> 82 tokens/s).
+        _measured[shape] = run_in_passing_thread(_measure, largest.detach())
     return _measured[shape]
 
 
@@ -127,10 +122,13 @@ def adopt_layout(module, layout: Layout) -> None:
                 vars(linear).pop("forward", None)  # back to nn.Linear.forward
 
 
+def model_layout(model) -> Layout:
+    """The layout ``model`` computes in: the preferred one on a CPU; GPUs keep ``F.linear``."""
+    return preferred_layout(model) if next(model.parameters()).device.type == "cpu" else "torch-linear"
+
+
 def adopt_preferred_layout(model) -> Layout:
-    """Switch a CPU model's linear layers to the preferred layout; returns it. GPUs keep ``F.linear``."""
-    if next(model.parameters()).device.type != "cpu":
-        return "torch-linear"
-    layout = preferred_layout(model)
+    """Switch a model's linear layers to :func:`model_layout`; returns it."""
+    layout = model_layout(model)
     adopt_layout(model, layout)
     return layout

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tessera.workers.llm.cpu_matmul import adopt_layout, preferred_layout, project
+from tessera.workers.llm.cpu_matmul import adopt_layout, model_layout, project
 from tessera.workers.llm.steps import Target
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
@@ -147,7 +147,7 @@ class DraftHeadDrafter:
         self.head = head.eval()
         # The target's layout: the head's weights stream through memory like the target's (a timing on
         # the head's own cache-sized weights would not say how they run between target steps).
-        self.layout = preferred_layout(engine.model) if engine.device == "cpu" else "torch-linear"
+        self.layout = model_layout(engine.model)
         adopt_layout(self.head, self.layout)
         self.vocab = vocab  # LongTensor of token ids the head drafts from
         self.embedding = engine.model.get_input_embeddings().weight

@@ -248,8 +248,8 @@ class WorkflowExecutor:
         reason = "not run"
         for _attempt in range(stage.retries + 1):
             if time.time() > state.deadline_s:
-                late = DEADLINE_PASSED
-                raise StageFailed(stage.name, f"{late} (last attempt: {reason})" if attempts[0] else late, attempts[0])
+                late = f"{DEADLINE_PASSED} (last attempt: {reason})" if attempts[0] else DEADLINE_PASSED
+                raise StageFailed(stage.name, late, attempts[0])
             attempts[0] += 1
             try:
                 return await self.invoke(stage.name, call, self.sched(state, stage, iteration), on_token)
